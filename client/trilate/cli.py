@@ -1,0 +1,149 @@
+"""The ``trilate`` command: ``serve`` and ``build-repo``, mirroring ``vllm serve`` where it applies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help=f"local checkpoint folder or Hugging Face id (default: {DEFAULT_MODEL})")
+    parser.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+                        help="name clients use, one per MODEL (default: the MODEL argument)")
+    parser.add_argument("--hf-overrides", action="append", default=None, metavar="JSON",
+                        help='config.json overrides, e.g. \'{"architectures": ["HF_ColBERT"]}\'; '
+                             "give it once for all models or once per model")
+    parser.add_argument("--max-model-len", type=int, default=None, help="longest input in tokens")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="backbone precision (auto: float32 on CPU); heads always run in float32")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="accepted for vLLM compatibility; trilate never runs code from a checkpoint")
+    parser.add_argument("--colbert-score-modes", action="store_true",
+                        help="/score and /rerank encode side 1 as ColBERT queries and side 2 as documents "
+                             "with the checkpoint's own conventions (PyLate); default: vLLM's symmetric encoding")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where encoders run")
+    parser.add_argument("--max-batch-tokens", type=int, default=16384,
+                        help="token budget of one encoder forward pass (padded tokens)")
+
+
+def _specs(args: argparse.Namespace):
+    from python_backend_models.repository import ServeSpec
+
+    models = args.models or [DEFAULT_MODEL]
+    names = args.served_model_name or [None] * len(models)
+    if len(names) != len(models):
+        raise SystemExit(f"error: --served-model-name got {len(names)} names for {len(models)} models")
+    raw_overrides = args.hf_overrides or []
+    if len(raw_overrides) not in (0, 1, len(models)):
+        raise SystemExit("error: give --hf-overrides once for all models or once per model")
+    overrides = []
+    for raw in raw_overrides:
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"error: --hf-overrides is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise SystemExit("error: --hf-overrides must be a JSON object")
+        overrides.append(value)
+    if len(overrides) == 1:
+        overrides = overrides * len(models)
+    if not overrides:
+        overrides = [{}] * len(models)
+    if args.trust_remote_code:
+        print("trilate: --trust-remote-code accepted; no code from any checkpoint is run "
+              "(trilate's own implementation of each architecture serves it)", file=sys.stderr)
+    return [
+        ServeSpec(model=m, served_name=n, hf_overrides=o, max_model_len=args.max_model_len, dtype=args.dtype,
+                  colbert_score_modes=args.colbert_score_modes)
+        for m, n, o in zip(models, names, overrides)
+    ]
+
+
+def _build(args: argparse.Namespace, output: Path):
+    from python_backend_models.checkpoint import CheckpointError
+    from python_backend_models.repository import BuildOptions, build_repository
+
+    options = BuildOptions(device=args.device, max_batch_tokens=args.max_batch_tokens)
+    try:
+        return build_repository(_specs(args), output, options)
+    except CheckpointError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def cmd_build_repo(args: argparse.Namespace) -> int:
+    infos = _build(args, Path(args.output))
+    for info in infos:
+        print(f"{info.served_name}: {info.architecture} ({info.score_type}, dim {info.dim}, "
+              f"max_model_len {info.max_model_len}) -> {Path(args.output).resolve()}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from python_backend_models.server import ServerConfig, ServerError, TritonServer
+
+    repo = Path(args.model_repository) if args.model_repository else Path(tempfile.mkdtemp(prefix="trilate-repo-"))
+    infos = _build(args, repo)
+    config = ServerConfig(model_repository=repo.resolve(), host=args.host, http_port=args.http_port,
+                          grpc_port=args.grpc_port, metrics_port=args.metrics_port, log_verbose=args.log_verbose)
+    server = TritonServer(config)
+    print(f"trilate: model repository {repo.resolve()}; starting tritonserver (loading models takes a while)",
+          flush=True)
+    stop = {"now": False}
+
+    def _on_signal(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        server.start(timeout=args.startup_timeout, stream_output=True)
+        for info in infos:
+            print(f"trilate: serving {info.served_name!r} ({info.architecture}, {', '.join(info.tasks)}; "
+                  f"scores: {info.score_type})", flush=True)
+        print(f"trilate: ready. Triton HTTP http://{config.host}:{config.http_port}  gRPC {config.host}:{config.grpc_port}  "
+              f"metrics http://{config.host}:{config.metrics_port}/metrics  (Ctrl-C stops)", flush=True)
+        while not stop["now"] and server.process is not None and server.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except ServerError as exc:
+        print(f"trilate: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trilate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="build the model repository and run tritonserver until Ctrl-C")
+    _model_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--http-port", type=int, default=8010)
+    serve.add_argument("--grpc-port", type=int, default=8011)
+    serve.add_argument("--metrics-port", type=int, default=8012)
+    serve.add_argument("--model-repository", default=None, help="where to write the repository (default: a temp dir)")
+    serve.add_argument("--log-verbose", type=int, default=0)
+    serve.add_argument("--startup-timeout", type=float, default=600.0)
+    serve.set_defaults(func=cmd_serve)
+
+    build = sub.add_parser("build-repo", help="write the model repository without serving")
+    _model_arguments(build)
+    build.add_argument("--output", required=True, help="repository folder to write")
+    build.set_defaults(func=cmd_build_repo)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

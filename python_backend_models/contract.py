@@ -1,0 +1,162 @@
+"""The one place where every stage's tensors are declared.
+
+The config generator, the Triton adapters, the ensembles and the client library all import these
+declarations, so a renamed tensor cannot drift between them.
+
+Shapes below exclude the batch dimension of batching models (Triton's convention for
+``max_batch_size > 0``); ``-1`` is a variable dimension.  A "batch" at the Triton level is a list of
+texts: a request carrying N texts has a leading dimension N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # Triton data type without the TYPE_ prefix: "STRING", "INT64", "FP32", ...
+    dims: tuple[int, ...]
+    ragged: bool = False  # allow_ragged_batch: requests of different lengths share a dynamic batch
+    optional: bool = False
+
+    @property
+    def client_dtype(self) -> str:
+        """The datatype string tritonclient expects ("BYTES" for strings)."""
+        return "BYTES" if self.dtype == "STRING" else self.dtype
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A Python-backend model: its tensors and the class in ``python_backend_models.triton``."""
+
+    kind: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    adapter: str  # "module:Class" relative to python_backend_models.triton
+    batching: bool = True
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    def input(self, name: str) -> TensorSpec:
+        return _by_name(self.inputs, name)
+
+    def output(self, name: str) -> TensorSpec:
+        return _by_name(self.outputs, name)
+
+
+def _by_name(specs: tuple[TensorSpec, ...], name: str) -> TensorSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
+
+
+# --- preprocess: text -> token ids (tokenizers only; no torch in this process) -------------------
+TEXT = "text"
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+OUTPUT_MASK = "output_mask"  # which positions come back as vectors (query expansion kept, skiplist dropped)
+PROMPT_TOKENS = "prompt_tokens"  # tokens fed to the model, for usage counts
+TOKEN_STRS = "token_strs"  # only computed when asked for (the tokenize call)
+
+# --- encoder: token ids -> vectors ---------------------------------------------------------------
+TOKEN_EMBEDDINGS = "token_embeddings"  # (n_texts, max_tokens, dim), zero rows past num_tokens
+NUM_TOKENS = "num_tokens"  # (n_texts, 1) rows of token_embeddings that are real
+EMBEDDINGS = "embeddings"  # (n_texts, dim) pooled, for bi-encoders
+
+# --- scoring (shared models) ---------------------------------------------------------------------
+QUERIES = "queries"
+DOCUMENTS = "documents"
+QUERY_EMBEDDINGS = "query_embeddings"
+QUERY_NUM_TOKENS = "query_num_tokens"
+DOCUMENT_EMBEDDINGS = "document_embeddings"
+DOCUMENT_NUM_TOKENS = "document_num_tokens"
+SCORES = "scores"
+QUERY_PROMPT_TOKENS = "query_prompt_tokens"
+DOCUMENT_PROMPT_TOKENS = "document_prompt_tokens"
+
+# Request parameters (Triton request parameters; ensembles forward them to every step).
+PARAM_EMBEDDING_MODE = "embedding_mode"  # "query" | "document"; absent = vLLM's symmetric encoding
+PARAM_TRUNCATE_PROMPT_TOKENS = "truncate_prompt_tokens"  # int, -1 = max_model_len
+PARAM_TRUNCATION_SIDE = "truncation_side"  # "right" | "left"
+PARAM_ADD_SPECIAL_TOKENS = "add_special_tokens"  # bool, default true
+PARAM_USE_ACTIVATION = "use_activation"  # bool, default true: L2-normalise
+PARAM_PURPOSE = "purpose"  # "embedding" | "score": only changes the wording of the length error
+
+# Config parameter on the public ensemble that describes the served model to clients (JSON).
+MODEL_CARD_PARAMETER = "trilate_model_card"
+
+PREPROCESS = StageSpec(
+    kind="preprocess",
+    inputs=(TensorSpec(TEXT, "STRING", (1,)),),
+    outputs=(
+        TensorSpec(INPUT_IDS, "INT64", (-1,)),
+        TensorSpec(ATTENTION_MASK, "INT64", (-1,)),
+        TensorSpec(OUTPUT_MASK, "BOOL", (-1,)),
+        TensorSpec(PROMPT_TOKENS, "INT32", (1,)),
+        TensorSpec(TOKEN_STRS, "STRING", (-1,)),
+    ),
+    adapter="preprocess:PreprocessModel",
+)
+
+
+def encoder_spec(dim: int, pooled: bool) -> StageSpec:
+    outputs = [TensorSpec(TOKEN_EMBEDDINGS, "FP32", (-1, dim)), TensorSpec(NUM_TOKENS, "INT32", (1,))]
+    if pooled:
+        outputs.append(TensorSpec(EMBEDDINGS, "FP32", (dim,)))
+    return StageSpec(
+        kind="encoder",
+        inputs=(
+            TensorSpec(INPUT_IDS, "INT64", (-1,), ragged=True),
+            TensorSpec(ATTENTION_MASK, "INT64", (-1,), ragged=True),
+            TensorSpec(OUTPUT_MASK, "BOOL", (-1,), ragged=True),
+        ),
+        outputs=tuple(outputs),
+        adapter="encoder:EncoderModel",
+    )
+
+
+# MaxSim over a whole request: queries (1 or N) against N documents; no dynamic batching needed,
+# it costs 1/5000 of encoding the documents.
+MAXSIM = StageSpec(
+    kind="maxsim",
+    inputs=(
+        TensorSpec(QUERY_EMBEDDINGS, "FP32", (-1, -1, -1)),
+        TensorSpec(QUERY_NUM_TOKENS, "INT32", (-1, 1)),
+        TensorSpec(DOCUMENT_EMBEDDINGS, "FP32", (-1, -1, -1)),
+        TensorSpec(DOCUMENT_NUM_TOKENS, "INT32", (-1, 1)),
+    ),
+    outputs=(TensorSpec(SCORES, "FP32", (-1,)),),
+    adapter="scoring:MaxSimModel",
+    batching=False,
+)
+
+COSINE = StageSpec(
+    kind="cosine",
+    inputs=(
+        TensorSpec(QUERY_EMBEDDINGS, "FP32", (-1, -1)),
+        TensorSpec(DOCUMENT_EMBEDDINGS, "FP32", (-1, -1)),
+    ),
+    outputs=(TensorSpec(SCORES, "FP32", (-1,)),),
+    adapter="scoring:CosineModel",
+    batching=False,
+)
+
+MAXSIM_MODEL = "trilate__maxsim"
+COSINE_MODEL = "trilate__cosine"
+SHARED_STAGES = {MAXSIM_MODEL: MAXSIM, COSINE_MODEL: COSINE}
+
+
+def triton_name(served_name: str) -> str:
+    """A Triton-safe spelling of a served model name ("org/model" -> "org--model")."""
+    safe = served_name.strip().replace("/", "--")
+    out = "".join(ch if (ch.isalnum() or ch in "-_.") else "_" for ch in safe)
+    if not out or out.startswith("."):
+        raise ValueError(f"cannot make a Triton model name from served name {served_name!r}")
+    return out
+
+
+def stage_name(model: str, stage: str) -> str:
+    """Name of a per-model stage or ensemble: ``<model>__<stage>``."""
+    return f"{model}__{stage}"

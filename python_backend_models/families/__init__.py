@@ -1,0 +1,18 @@
+"""One module per architecture family; ``load_encoder`` picks it from the model's description."""
+
+from __future__ import annotations
+
+from ..registry import ModelInfo
+
+
+def load_encoder(info: ModelInfo, device: str = "cpu", dtype: str = "auto"):
+    """The torch encoder for ``info`` (imports torch and transformers)."""
+    if info.family == "colbert":
+        from .colbert import ColbertEncoder
+
+        return ColbertEncoder(info, device=device, dtype=dtype)
+    if info.family == "bi_encoder":
+        from .bi_encoder import BiEncoder
+
+        return BiEncoder(info, device=device, dtype=dtype)
+    raise ValueError(f"no encoder for family {info.family!r}")

@@ -1,0 +1,182 @@
+"""What every encoder family shares: loading a transformers backbone from safetensors, the projection
+heads, and batching many texts into few forward passes.
+
+An *item* is one text's ``(input_ids, attention_mask, output_mask)``, 1-D arrays of equal length
+(trailing padding allowed).  ``Encoder.encode`` runs all items of all requests together: sorted by
+length, packed under a token budget, one forward pass per pack, split back per item.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import CheckpointError, load_state_dict, read_json
+from ..registry import ModelInfo
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "half": torch.float16,
+           "bfloat16": torch.bfloat16}
+# Prefixes under which checkpoints store the backbone (Stanford: bert.; PyLate/ST: none).
+_BACKBONE_PREFIXES = ("bert.", "roberta.", "model.")
+
+
+def resolve_dtype(name: str, device: torch.device, config: dict) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cpu":
+            return torch.float32
+        declared = str(config.get("torch_dtype") or config.get("dtype") or "float16")
+        return _DTYPES.get(declared, torch.float16) if declared != "float32" else torch.float16
+    if name not in _DTYPES:
+        raise ValueError(f"--dtype must be auto, float32, float16 or bfloat16, got {name!r}")
+    return _DTYPES[name]
+
+
+def build_backbone(info: ModelInfo, device: torch.device, dtype: torch.dtype, skip: Sequence[str] = ()):
+    """A transformers ``AutoModel`` for the checkpoint's model_type, weights from safetensors only.
+
+    ``skip`` names the state-dict keys that belong to heads, not to the backbone.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    path = Path(info.path)
+    raw = AutoConfig.from_pretrained(str(path), trust_remote_code=False).to_dict()
+    raw.update(info.hf_overrides)
+    model_type = raw.get("model_type")
+    if model_type != info.backbone:
+        raise CheckpointError(
+            f"{info.architecture} needs a {info.backbone!r} backbone but {path}/config.json says model_type {model_type!r}"
+        )
+    config = AutoConfig.for_model(**raw)
+    model = AutoModel.from_config(config, attn_implementation="sdpa")
+    state = load_state_dict(path)
+    expected = set(model.state_dict())
+    backbone_state = {}
+    for key, tensor in state.items():
+        if key in skip:
+            continue
+        bare = key
+        if bare not in expected:
+            for prefix in _BACKBONE_PREFIXES:
+                if bare.startswith(prefix) and bare[len(prefix):] in expected:
+                    bare = bare[len(prefix):]
+                    break
+        if bare in expected:
+            backbone_state[bare] = tensor
+    missing = [k for k in expected - set(backbone_state) if not k.startswith("pooler.") and "position_ids" not in k]
+    if missing:
+        raise CheckpointError(f"{path}/model.safetensors lacks backbone weights: {sorted(missing)[:5]} ...")
+    model.load_state_dict(backbone_state, strict=False)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+class Projection(torch.nn.Module):
+    """The checkpoint's Dense layers (ColBERT ``linear``, PyLate/ST ``1_Dense``), run in fp32."""
+
+    def __init__(self, info: ModelInfo):
+        super().__init__()
+        from safetensors.torch import load_file
+
+        self.layers = []
+        for layer in info.projection:
+            tensors = load_file(str(Path(info.path) / layer.file))
+            weight = tensors[layer.weight_key].float()
+            bias = tensors[layer.bias_key].float() if layer.bias_key else None
+            self.layers.append((weight, bias, layer.activation))
+
+    def to(self, device):  # type: ignore[override]
+        self.layers = [(w.to(device), None if b is None else b.to(device), a) for w, b, a in self.layers]
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for weight, bias, activation in self.layers:
+            x = F.linear(x, weight, bias)
+            if activation == "tanh":
+                x = torch.tanh(x)
+        return x
+
+
+@dataclass
+class ItemOutput:
+    token_embeddings: np.ndarray | None  # (n_out, dim) float32
+    embedding: np.ndarray | None  # (dim,) float32
+
+
+def item_length(attention: np.ndarray, output: np.ndarray) -> int:
+    live = np.flatnonzero((attention != 0) | output)
+    return int(live[-1]) + 1 if live.size else 0
+
+
+class Encoder:
+    """Backbone + heads.  Subclasses implement ``head``."""
+
+    def __init__(self, info: ModelInfo, device: str = "cpu", dtype: str = "auto", max_batch_tokens: int = 16384):
+        self.info = info
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device, read_json(Path(info.path) / "config.json"))
+        self.backbone = build_backbone(info, self.device, self.dtype, skip=self.head_keys())
+        self.projection = Projection(info).to(self.device)
+        self.max_batch_tokens = max_batch_tokens
+        self.forward_passes = 0  # backbone calls, for tests and statistics
+
+    def head_keys(self) -> tuple[str, ...]:
+        return tuple(layer.weight_key for layer in self.info.projection if layer.file == "model.safetensors")
+
+    def head(self, hidden: torch.Tensor, attention: torch.Tensor, output: torch.Tensor,
+             want_tokens: bool, want_pooled: bool, normalize: bool) -> ItemOutput:
+        """One item's vectors from its fp32 hidden states (T, H).  Shapes in ``ItemOutput``."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+        *,
+        want_tokens: bool = True,
+        want_pooled: bool = False,
+        normalize: Sequence[bool] | None = None,
+    ) -> list[ItemOutput]:
+        lengths = [item_length(a, o) for _, a, o in items]
+        order = sorted(range(len(items)), key=lambda i: -lengths[i])
+        results: list[ItemOutput | None] = [None] * len(items)
+        start = 0
+        while start < len(order):
+            width = max(lengths[order[start]], 1)
+            stop = start + 1
+            while stop < len(order) and (stop - start + 1) * width <= self.max_batch_tokens:
+                stop += 1
+            pack = order[start:stop]
+            ids = np.zeros((len(pack), width), dtype=np.int64)
+            att = np.zeros((len(pack), width), dtype=np.int64)
+            for row, i in enumerate(pack):
+                n = lengths[i]
+                ids[row, :n] = items[i][0][:n]
+                att[row, :n] = items[i][1][:n]
+            ids_t = torch.from_numpy(ids).to(self.device)
+            att_t = torch.from_numpy(att).to(self.device)
+            hidden = self.backbone(input_ids=ids_t, attention_mask=att_t).last_hidden_state.float()
+            self.forward_passes += 1
+            for row, i in enumerate(pack):
+                n = lengths[i]
+                out_mask = torch.from_numpy(np.asarray(items[i][2][:n], dtype=bool)).to(self.device)
+                results[i] = self.head(
+                    hidden[row, :n], att_t[row, :n], out_mask, want_tokens, want_pooled,
+                    True if normalize is None else bool(normalize[i]),
+                )
+            start = stop
+        return results  # type: ignore[return-value]
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+def l2(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, p=2, dim=-1)

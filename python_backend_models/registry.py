@@ -1,0 +1,244 @@
+"""Architecture name (HF ``architectures[0]``, or ``--hf-overrides``) -> the family that serves it.
+
+Everything here reads only JSON and safetensors headers: the repository builder and the preprocess
+stage use it without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import Checkpoint, CheckpointError, read_json_if_exists
+
+LATE_INTERACTION = "late-interaction"
+BI_ENCODER = "bi-encoder"
+
+
+@dataclass(frozen=True)
+class Family:
+    """How an architecture is served: which encoder class, which backbone, which score."""
+
+    name: str  # module in python_backend_models.families
+    backbone: str  # transformers model_type of the backbone
+    score_type: str
+    tasks: tuple[str, ...]
+    pooled: bool  # the encoder also returns one pooled vector per text
+
+
+COLBERT_BERT = Family("colbert", "bert", LATE_INTERACTION, ("token_embed",), pooled=False)
+SENTENCE_BERT = Family("bi_encoder", "bert", BI_ENCODER, ("embed", "token_embed"), pooled=True)
+
+ARCHITECTURES: dict[str, Family] = {
+    "HF_ColBERT": COLBERT_BERT,
+    "BertModel": SENTENCE_BERT,
+}
+
+
+def family_for(architecture: str) -> Family:
+    try:
+        return ARCHITECTURES[architecture]
+    except KeyError:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise CheckpointError(
+            f"unknown architecture {architecture!r}; trilate serves: {known}. "
+            "Pick one with --hf-overrides '{\"architectures\": [\"NAME\"]}'"
+        ) from None
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """One projection layer: ``weight`` is (out, in); where its tensors live."""
+
+    file: str  # path relative to the checkpoint
+    weight_key: str
+    bias_key: str | None
+    in_features: int
+    out_features: int
+    activation: str  # "identity" | "tanh"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the builder, the stages and the client need to know about one served model."""
+
+    served_name: str
+    path: str
+    architecture: str
+    family: str
+    backbone: str
+    score_type: str
+    tasks: tuple[str, ...]
+    pooled: bool
+    dim: int
+    hidden_size: int
+    max_model_len: int
+    do_lower_case: bool
+    pooling: str  # "mean" | "cls": pooled vector of bi-encoders
+    projection: tuple[DenseLayer, ...] = ()
+    embedding_modes: bool = False  # ColBERT query/document conventions available
+    hf_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelInfo":
+        data = json.loads(text)
+        data["tasks"] = tuple(data["tasks"])
+        data["projection"] = tuple(DenseLayer(**layer) for layer in data["projection"])
+        return cls(**data)
+
+
+def safetensors_shapes(file: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape, read from the safetensors header alone."""
+    with open(file, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+_ACTIVATIONS = {
+    "torch.nn.modules.linear.Identity": "identity",
+    "torch.nn.Identity": "identity",
+    "torch.nn.modules.activation.Tanh": "tanh",
+    "torch.nn.Tanh": "tanh",
+}
+_DENSE_TYPES = {"sentence_transformers.models.Dense", "pylate.models.Dense.Dense", "sentence_transformers.models.Dense.Dense"}
+
+
+def _st_dense_layers(ckpt: Checkpoint) -> list[DenseLayer]:
+    """sentence-transformers / PyLate Dense modules listed in ``modules.json``, in order."""
+    layers = []
+    for module in ckpt.st_modules():
+        if module.get("type") not in _DENSE_TYPES:
+            continue
+        folder = ckpt.path / module["path"]
+        cfg = read_json_if_exists(folder / "config.json") or {}
+        weights = folder / "model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(f"{folder} has no model.safetensors (trilate loads safetensors only)")
+        shapes = safetensors_shapes(weights)
+        weight_key = next((k for k in ("linear.weight", "weight", "dense.weight") if k in shapes), None)
+        if weight_key is None:
+            raise CheckpointError(f"{weights} has no linear.weight / weight / dense.weight tensor")
+        bias_key = weight_key.replace("weight", "bias")
+        act_name = cfg.get("activation_function", "torch.nn.modules.linear.Identity")
+        if act_name not in _ACTIVATIONS:
+            raise CheckpointError(f"{folder}: unsupported Dense activation {act_name!r}")
+        if cfg.get("use_residual"):
+            raise CheckpointError(f"{folder}: Dense with use_residual is not supported")
+        out_f, in_f = shapes[weight_key]
+        layers.append(
+            DenseLayer(
+                file=str(weights.relative_to(ckpt.path)),
+                weight_key=weight_key,
+                bias_key=bias_key if (cfg.get("bias", True) and bias_key in shapes) else None,
+                in_features=in_f,
+                out_features=out_f,
+                activation=_ACTIVATIONS[act_name],
+            )
+        )
+    return layers
+
+
+def _main_file_projection(ckpt: Checkpoint) -> DenseLayer | None:
+    """A ColBERT ``linear.weight`` inside the main checkpoint (Stanford layout)."""
+    main = ckpt.path / "model.safetensors"
+    if not main.is_file():
+        return None
+    shapes = safetensors_shapes(main)
+    for key in sorted(shapes):
+        bare = key
+        for prefix in ("model.", "bert.", "roberta."):
+            bare = bare.removeprefix(prefix)
+        if bare in ("linear.weight", "colbert_linear.weight"):
+            out_f, in_f = shapes[key]
+            return DenseLayer("model.safetensors", key, None, in_f, out_f, "identity")
+    return None
+
+
+def _max_model_len(ckpt: Checkpoint, requested: int | None) -> int:
+    config = ckpt.config
+    candidates = [config.get(k) for k in ("max_position_embeddings", "n_positions", "max_seq_len")]
+    derived = next((int(v) for v in candidates if isinstance(v, int) and v > 0), None)
+    if derived is not None and config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        derived -= 2  # positions start after the padding index
+    st_cfg = read_json_if_exists(ckpt.path / "sentence_bert_config.json") or {}
+    if isinstance(st_cfg.get("max_seq_length"), int):
+        derived = min(derived, st_cfg["max_seq_length"]) if derived else st_cfg["max_seq_length"]
+    if derived is None:
+        derived = 512
+    if requested is None:
+        return derived
+    if requested < 1 or requested > derived:
+        raise CheckpointError(
+            f"--max-model-len {requested} is out of range for {ckpt.path.name}: the model's limit is {derived} tokens"
+        )
+    return requested
+
+
+def describe(
+    ckpt: Checkpoint, served_name: str, *, max_model_len: int | None = None, hf_overrides: dict[str, Any] | None = None
+) -> ModelInfo:
+    """Read everything the serving stack needs from a checkpoint, or fail with the fix."""
+    family = family_for(ckpt.architecture)
+    config = ckpt.config
+    hidden = int(config.get("hidden_size") or config.get("d_model") or 0)
+    st_cfg = read_json_if_exists(ckpt.path / "sentence_bert_config.json") or {}
+    projection: list[DenseLayer] = []
+    pooling = "mean"
+    embedding_modes = False
+    if family.score_type == LATE_INTERACTION:
+        main = _main_file_projection(ckpt)
+        projection = [main] if main is not None else _st_dense_layers(ckpt)
+        if not projection:
+            raise CheckpointError(
+                f"{ckpt.path}: no ColBERT projection found (looked for linear.weight / colbert_linear.weight in "
+                "model.safetensors, then Dense modules in modules.json)"
+            )
+        declared = next((config[k] for k in ("colbert_dim", "dim", "projection_dim") if config.get(k)), None)
+        if declared is not None and int(declared) != projection[-1].out_features:
+            raise CheckpointError(
+                f"{ckpt.path}: config says the ColBERT dimension is {declared} (colbert_dim/dim/projection_dim) "
+                f"but the projection weight gives {projection[-1].out_features}; fix it with "
+                f"--hf-overrides '{{\"colbert_dim\": {projection[-1].out_features}}}'"
+            )
+        embedding_modes = (ckpt.path / "config_sentence_transformers.json").is_file() or (
+            ckpt.path / "artifact.metadata"
+        ).is_file()
+    else:
+        projection = _st_dense_layers(ckpt)
+        for module in ckpt.st_modules():
+            if module.get("type", "").endswith("Pooling"):
+                pcfg = read_json_if_exists(ckpt.path / module["path"] / "config.json") or {}
+                if pcfg.get("pooling_mode_cls_token"):
+                    pooling = "cls"
+                elif not pcfg.get("pooling_mode_mean_tokens", True):
+                    raise CheckpointError(f"{ckpt.path}: only mean and CLS pooling are supported")
+    if projection and projection[0].in_features != hidden:
+        raise CheckpointError(
+            f"{ckpt.path}: projection expects {projection[0].in_features} inputs but hidden_size is {hidden}"
+        )
+    dim = projection[-1].out_features if projection else hidden
+    return ModelInfo(
+        served_name=served_name,
+        path=str(ckpt.path),
+        architecture=ckpt.architecture,
+        family=family.name,
+        backbone=family.backbone,
+        score_type=family.score_type,
+        tasks=family.tasks,
+        pooled=family.pooled,
+        dim=dim,
+        hidden_size=hidden,
+        max_model_len=_max_model_len(ckpt, max_model_len),
+        do_lower_case=bool(st_cfg.get("do_lower_case", False)),
+        pooling=pooling,
+        projection=tuple(projection),
+        embedding_modes=embedding_modes,
+        hf_overrides=dict(hf_overrides or {}),
+    )
