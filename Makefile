@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 # Serve the default model (sentence-transformers/all-MiniLM-L6-v2) until Ctrl-C.
 serve: $(STAMP)
-	$(BIN)/trilate serve $(MODEL) $(SERVE_ARGS)
+	$(BIN)/trilate serve $(MODEL) --model-repository model_repository $(SERVE_ARGS)
 
 # Every test this machine can run, tritonserver included.
 test: $(STAMP)

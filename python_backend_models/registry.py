@@ -80,6 +80,7 @@ class ModelInfo:
     pooling: str  # "mean" | "cls": pooled vector of bi-encoders
     projection: tuple[DenseLayer, ...] = ()
     embedding_modes: bool = False  # ColBERT query/document conventions available
+    has_pad_token: bool = True  # vLLM's score usage adds one token per pair when the tokenizer has one
     hf_overrides: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -181,6 +182,13 @@ def _max_model_len(ckpt: Checkpoint, requested: int | None) -> int:
     return requested
 
 
+def _has_pad_token(path: Path) -> bool:
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (read_json_if_exists(path / name) or {}).get("pad_token"):
+            return True
+    return False
+
+
 def describe(
     ckpt: Checkpoint, served_name: str, *, max_model_len: int | None = None, hf_overrides: dict[str, Any] | None = None
 ) -> ModelInfo:
@@ -240,5 +248,6 @@ def describe(
         pooling=pooling,
         projection=tuple(projection),
         embedding_modes=embedding_modes,
+        has_pad_token=_has_pad_token(ckpt.path),
         hf_overrides=dict(hf_overrides or {}),
     )

@@ -238,7 +238,7 @@ class TextPreprocessor:
             ids, tokens = list(enc.ids), list(enc.tokens)
             if truncate is not None and side == "left" and len(ids) > truncate:
                 ids, tokens = ids[-truncate:], tokens[-truncate:]
-            if len(ids) > self.max_model_len:
+            if purpose != "tokenize" and len(ids) > self.max_model_len:
                 raise context_length_error(self.max_model_len, len(ids), purpose)
             if not ids:
                 raise InputError("an input has no tokens; send a non-empty text")

@@ -1,0 +1,350 @@
+"""The client library: vLLM's score / rerank / pooling / embeddings / tokenize semantics over
+tritonclient HTTP or gRPC.
+
+Request semantics live here (which pairs to score, sorting, ``top_n``, usage counts); the tensor work
+(tokenisation, encoders, MaxSim, cosine) runs in the Triton ensembles.  A tritonclient user and a REST
+user therefore get the same numbers.
+
+    >>> from trilate import TrilateClient
+    >>> client = TrilateClient("127.0.0.1:8010")                  # or protocol="grpc", "127.0.0.1:8011"
+    >>> client.embed("sentence-transformers/all-MiniLM-L6-v2", ["What is machine learning?"]).matrix().shape
+    (1, 384)
+
+One ``TrilateClient`` may be shared by threads (each thread gets its own tritonclient connection).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+from python_backend_models import contract as C
+from tritonclient.utils import InferenceServerException
+
+from .errors import InvalidInputError, ModelNotFoundError, ServerUnavailableError, TrilateError, UnsupportedTaskError
+from .types import (
+    EmbeddingItem,
+    EmbeddingResult,
+    ModelCard,
+    PoolingItem,
+    PoolingResult,
+    RerankDocument,
+    RerankItem,
+    RerankResult,
+    ScoreItem,
+    ScoreResult,
+    TokenizeResult,
+    Usage,
+)
+
+# Texts per Triton request; must not exceed the repository's max_batch_size.
+CHUNK = 128
+POOLING_TASKS = ("token_embed", "embed")
+
+
+def _text_list(value: Any, what: str) -> list[str]:
+    """A string or a list of strings -> list; anything else is a clear InvalidInputError."""
+    items = [value] if isinstance(value, (str, dict)) else value
+    if not isinstance(items, (list, tuple)):
+        raise InvalidInputError(f"{what} must be a string or a list of strings")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            raise InvalidInputError(f"{what}[{i}]: multi-modal inputs ({{'content': [...]}}) are not supported by this model")
+        if not isinstance(item, str):
+            raise InvalidInputError(f"{what}[{i}] must be a string, got {type(item).__name__}")
+        if item == "":
+            raise InvalidInputError(f"{what}[{i}] is an empty string")
+        out.append(item)
+    return out
+
+
+def _chunks(n: int, size: int = CHUNK):
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+class TrilateClient:
+    def __init__(self, url: str = "127.0.0.1:8010", protocol: str = "http", *, timeout: float = 300.0):
+        if protocol not in ("http", "grpc"):
+            raise ValueError("protocol must be 'http' or 'grpc'")
+        self.url = url
+        self.protocol = protocol
+        self.timeout = timeout
+        self._local = threading.local()
+        self._cards: dict[str, ModelCard] | None = None
+        self._lock = threading.Lock()
+
+    # -- transport ---------------------------------------------------------------------------------
+    @property
+    def _module(self):
+        if self.protocol == "http":
+            import tritonclient.http as module
+        else:
+            import tritonclient.grpc as module
+        return module
+
+    def _triton(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "http":
+                client = self._module.InferenceServerClient(
+                    self.url, connection_timeout=self.timeout, network_timeout=self.timeout)
+            else:
+                client = self._module.InferenceServerClient(self.url)
+            self._local.client = client
+        return client
+
+    def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str],
+               parameters: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        module = self._module
+        infer_inputs = []
+        for name, array in inputs.items():
+            dtype = "BYTES" if array.dtype == object else {np.dtype("int64"): "INT64", np.dtype("int32"): "INT32",
+                                                          np.dtype("float32"): "FP32", np.dtype("bool"): "BOOL"}[array.dtype]
+            tensor = module.InferInput(name, list(array.shape), dtype)
+            if self.protocol == "http":
+                tensor.set_data_from_numpy(array, binary_data=True)
+            else:
+                tensor.set_data_from_numpy(array)
+            infer_inputs.append(tensor)
+        if self.protocol == "http":
+            requested = [module.InferRequestedOutput(name, binary_data=True) for name in outputs]
+        else:
+            requested = [module.InferRequestedOutput(name) for name in outputs]
+        params = {k: v for k, v in (parameters or {}).items() if v is not None}
+        try:
+            if self.protocol == "http":
+                result = self._triton().infer(model, infer_inputs, outputs=requested, parameters=params or None)
+            else:
+                result = self._triton().infer(model, infer_inputs, outputs=requested, parameters=params or None,
+                                              client_timeout=self.timeout)
+        except InferenceServerException as exc:
+            raise _translate(exc) from None
+        return {name: result.as_numpy(name) for name in outputs}
+
+    # -- models ------------------------------------------------------------------------------------
+    def models(self, refresh: bool = False) -> list[ModelCard]:
+        """Every model the server serves (read from the ensembles' configs)."""
+        with self._lock:
+            if self._cards is None or refresh:
+                self._cards = self._load_cards()
+            return list(self._cards.values())
+
+    def _load_cards(self) -> dict[str, ModelCard]:
+        client = self._triton()
+        try:
+            if self.protocol == "http":
+                index = client.get_model_repository_index()
+                names = [m["name"] for m in index if m.get("state") == "READY"]
+            else:
+                index = client.get_model_repository_index(as_json=True).get("models", [])
+                names = [m["name"] for m in index if m.get("state") == "READY"]
+        except InferenceServerException as exc:
+            raise ServerUnavailableError(f"cannot list models at {self.url}: {exc.message()}") from None
+        except Exception as exc:  # connection refused and friends
+            raise ServerUnavailableError(f"cannot reach tritonserver at {self.url}: {exc}") from None
+        cards = {}
+        for name in names:
+            if "__" in name:
+                continue
+            config = client.get_model_config(name) if self.protocol == "http" else client.get_model_config(name, as_json=True)["config"]
+            raw = (config.get("parameters") or {}).get(C.MODEL_CARD_PARAMETER)
+            if raw:
+                card = ModelCard.from_parameter(name, raw["string_value"])
+                cards[card.served_name] = card
+        return cards
+
+    def model(self, name: str | None) -> ModelCard:
+        """The card of a served model; ``None`` picks the only one (vLLM lets ``model`` be omitted)."""
+        cards = {c.served_name: c for c in self.models()}
+        if name is None:
+            if len(cards) == 1:
+                return next(iter(cards.values()))
+            raise InvalidInputError(f"several models are served ({sorted(cards)}); name one with `model`", param="model")
+        if name not in cards:
+            cards = {c.served_name: c for c in self.models(refresh=True)}
+        if name not in cards:
+            raise ModelNotFoundError(name)
+        return cards[name]
+
+    # -- encode helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def _texts_array(texts: Sequence[str]) -> np.ndarray:
+        return np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+
+    def _encode(self, card: ModelCard, texts: list[str], outputs: Sequence[str], params: dict[str, Any]):
+        """Run the token-embed ensemble over ``texts`` in chunks; yields (start, outputs) per chunk."""
+        for lo, hi in _chunks(len(texts)):
+            yield lo, self._infer(card.triton_name, {C.TEXT: self._texts_array(texts[lo:hi])}, outputs, params)
+
+    # -- public API --------------------------------------------------------------------------------
+    def pooling(
+        self,
+        model: str | None,
+        input: str | Sequence[str],
+        *,
+        task: str | None = None,
+        embedding_mode: str | None = None,
+        truncate_prompt_tokens: int | None = None,
+        truncation_side: str | None = None,
+        use_activation: bool | None = None,
+        add_special_tokens: bool | None = None,
+    ) -> PoolingResult:
+        """vLLM's ``/pooling``: ``token_embed`` (per-token vectors) or ``embed`` (one vector per input).
+
+        ``embedding_mode`` ("query" | "document") applies the checkpoint's ColBERT conventions
+        (PyLate's); without it every token comes back, as in vLLM.
+        """
+        card = self.model(model)
+        task = task or ("token_embed" if "token_embed" in card.tasks else card.tasks[0])
+        if task not in card.tasks:
+            raise UnsupportedTaskError(f"Unsupported task: {task!r} Supported tasks: {list(card.tasks)}", param="task")
+        if embedding_mode is not None and not card.embedding_modes:
+            raise InvalidInputError(f"embedding_mode is only available for ColBERT checkpoints with PyLate or "
+                                    f"Stanford conventions; {card.served_name} has none", param="embedding_mode")
+        texts = _text_list(input, "input")
+        if not texts:
+            raise InvalidInputError("input must not be empty", param="input")
+        params = {C.PARAM_EMBEDDING_MODE: embedding_mode, C.PARAM_TRUNCATE_PROMPT_TOKENS: truncate_prompt_tokens,
+                  C.PARAM_TRUNCATION_SIDE: truncation_side, C.PARAM_USE_ACTIVATION: use_activation,
+                  C.PARAM_ADD_SPECIAL_TOKENS: add_special_tokens}
+        items: list[PoolingItem] = []
+        prompt = 0
+        if task == "embed":
+            outs = (C.EMBEDDINGS, C.PROMPT_TOKENS)
+        else:
+            outs = (C.TOKEN_EMBEDDINGS, C.NUM_TOKENS, C.PROMPT_TOKENS)
+        for lo, out in self._encode(card, texts, outs, params):
+            prompt += int(out[C.PROMPT_TOKENS].sum())
+            for i in range(out[C.PROMPT_TOKENS].shape[0]):
+                if task == "embed":
+                    data = out[C.EMBEDDINGS][i]
+                else:
+                    data = out[C.TOKEN_EMBEDDINGS][i, : int(out[C.NUM_TOKENS][i, 0])]
+                items.append(PoolingItem(index=lo + i, data=np.ascontiguousarray(data)))
+        return PoolingResult(model=card.served_name, task=task, data=items, usage=Usage(prompt, prompt))
+
+    def token_embed(self, model: str | None, input: str | Sequence[str], **kwargs) -> list[np.ndarray]:
+        """Per-token vectors, one (n_tokens, dim) array per input."""
+        return [item.data for item in self.pooling(model, input, task="token_embed", **kwargs).data]
+
+    def embed(
+        self,
+        model: str | None,
+        input: str | Sequence[str],
+        *,
+        truncate_prompt_tokens: int | None = None,
+        truncation_side: str | None = None,
+        use_activation: bool | None = None,
+    ) -> EmbeddingResult:
+        """vLLM's ``/v1/embeddings``: one pooled, L2-normalised vector per input (bi-encoders only)."""
+        card = self.model(model)
+        if "embed" not in card.tasks:
+            raise UnsupportedTaskError(
+                f"Unsupported task: 'embed' Supported tasks: {list(card.tasks)} "
+                f"({card.architecture} returns per-token vectors; use pooling with task='token_embed')", param="model")
+        result = self.pooling(card.served_name, input, task="embed", truncate_prompt_tokens=truncate_prompt_tokens,
+                              truncation_side=truncation_side, use_activation=use_activation)
+        return EmbeddingResult(model=result.model, data=[EmbeddingItem(i.index, i.data) for i in result.data],
+                               usage=result.usage)
+
+    def score(
+        self,
+        model: str | None,
+        text_1: str | Sequence[str],
+        text_2: str | Sequence[str],
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_activation: bool | None = None,
+    ) -> ScoreResult:
+        """vLLM's ``/score``: 1:1, 1:N (first side broadcast) or N:N (zipped) pairs, in pair order.
+
+        Late-interaction models score with MaxSim (sum over query tokens), bi-encoders with cosine.
+        """
+        card = self.model(model)
+        queries = _text_list(text_1, "text_1")
+        documents = _text_list(text_2, "text_2")
+        if not queries:
+            raise InvalidInputError("At least one text element must be given", param="text_1")
+        if not documents:
+            raise InvalidInputError("At least one text_pair element must be given", param="text_2")
+        if len(queries) != 1 and len(queries) != len(documents):
+            raise InvalidInputError("Input lengths must be either 1:1, 1:N or N:N")
+        params = {C.PARAM_TRUNCATE_PROMPT_TOKENS: truncate_prompt_tokens, C.PARAM_USE_ACTIVATION: use_activation,
+                  C.PARAM_PURPOSE: "score"}
+        scores: list[float] = []
+        prompt = 0
+        pad = 1 if card.has_pad_token else 0
+        outs = (C.SCORES, C.QUERY_PROMPT_TOKENS, C.DOCUMENT_PROMPT_TOKENS)
+        for lo, hi in _chunks(len(documents)):
+            q = queries if len(queries) == 1 else queries[lo:hi]
+            out = self._infer(C.stage_name(card.triton_name, "score"),
+                              {C.QUERIES: self._texts_array(q), C.DOCUMENTS: self._texts_array(documents[lo:hi])},
+                              outs, params)
+            scores.extend(float(s) for s in out[C.SCORES])
+            q_tokens = out[C.QUERY_PROMPT_TOKENS].reshape(-1)
+            d_tokens = out[C.DOCUMENT_PROMPT_TOKENS].reshape(-1)
+            # vLLM (0.18-0.20) counts every pair: query + pad + document tokens.
+            for j in range(len(d_tokens)):
+                prompt += int(q_tokens[0 if len(q_tokens) == 1 else j]) + pad + int(d_tokens[j])
+        data = [ScoreItem(index=i, score=s) for i, s in enumerate(scores)]
+        return ScoreResult(model=card.served_name, data=data, usage=Usage(prompt, prompt))
+
+    def rerank(
+        self,
+        model: str | None,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        truncate_prompt_tokens: int | None = None,
+        use_activation: bool | None = None,
+    ) -> RerankResult:
+        """vLLM's ``/rerank``: documents sorted by score (stable), cut to ``top_n`` when 0 < top_n < N."""
+        if not isinstance(query, str):
+            raise InvalidInputError("query must be a string", param="query")
+        docs = _text_list(documents, "documents")
+        if not docs:
+            raise InvalidInputError("At least one text_pair element must be given", param="documents")
+        result = self.score(model, query, docs, truncate_prompt_tokens=truncate_prompt_tokens,
+                            use_activation=use_activation)
+        order = sorted(range(len(docs)), key=lambda i: -result.data[i].score)
+        if top_n is not None and 0 < top_n < len(docs):
+            order = order[:top_n]
+        items = [RerankItem(index=i, document=RerankDocument(text=docs[i]), relevance_score=result.data[i].score)
+                 for i in order]
+        return RerankResult(model=result.model, results=items, usage=result.usage)
+
+    def tokenize(self, model: str | None, prompt: str, *, add_special_tokens: bool = True,
+                 return_token_strs: bool = False) -> TokenizeResult:
+        """vLLM's ``/tokenize`` (no truncation; the model's own preprocess stage does the work)."""
+        card = self.model(model)
+        if not isinstance(prompt, str):
+            raise InvalidInputError("prompt must be a string", param="prompt")
+        outs = [C.INPUT_IDS, C.PROMPT_TOKENS] + ([C.TOKEN_STRS] if return_token_strs else [])
+        # Length limits do not apply to /tokenize: ask for truncation at a size no text reaches.
+        out = self._infer(C.stage_name(card.triton_name, "preprocess"), {C.TEXT: self._texts_array([prompt])}, outs,
+                          {C.PARAM_ADD_SPECIAL_TOKENS: add_special_tokens, C.PARAM_PURPOSE: "tokenize"})
+        n = int(out[C.PROMPT_TOKENS][0, 0])
+        ids = [int(t) for t in out[C.INPUT_IDS][0, :n]]
+        strs = None
+        if return_token_strs:
+            strs = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in out[C.TOKEN_STRS][0, :n]]
+        return TokenizeResult(count=n, max_model_len=card.max_model_len, tokens=ids, token_strs=strs)
+
+
+def _translate(exc: InferenceServerException) -> TrilateError:
+    message = exc.message() or str(exc)
+    # Triton prefixes ensemble errors with "in ensemble 'name', "; the rest is our stage's message.
+    if message.startswith("in ensemble "):
+        message = message.split(", ", 1)[-1]
+    status = str(exc.status() or "")
+    if status in ("400", "StatusCode.INVALID_ARGUMENT"):
+        return InvalidInputError(message)
+    if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in message:
+        return TrilateError(message)
+    if status in ("503", "StatusCode.UNAVAILABLE"):
+        return ServerUnavailableError(message)
+    return TrilateError(message)

