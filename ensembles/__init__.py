@@ -17,7 +17,7 @@ from python_backend_models import contract as C
 from python_backend_models.registry import LATE_INTERACTION, ModelInfo
 from tritonclient.grpc import model_config_pb2 as mc
 
-from python_backend_models.config import io_tensor, model_card_parameter
+from python_backend_models.config import io_tensor, model_card_parameter, output_dim
 
 
 def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> mc.ModelEnsembling.Step:
@@ -46,12 +46,12 @@ def token_embed_ensemble(name: str, info: ModelInfo, max_batch_size: int) -> mc.
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
     config.input.append(io_tensor(C.PREPROCESS.input(C.TEXT), mc.ModelInput))
     outputs = [
-        C.TensorSpec(C.TOKEN_EMBEDDINGS, "FP32", (-1, info.dim)),
+        C.TensorSpec(C.TOKEN_EMBEDDINGS, "FP32", (-1, output_dim(info))),
         C.TensorSpec(C.NUM_TOKENS, "INT32", (1,)),
         C.TensorSpec(C.PROMPT_TOKENS, "INT32", (1,)),
     ]
     if info.pooled:
-        outputs.append(C.TensorSpec(C.EMBEDDINGS, "FP32", (info.dim,)))
+        outputs.append(C.TensorSpec(C.EMBEDDINGS, "FP32", (output_dim(info),)))
     config.output.extend(io_tensor(spec, mc.ModelOutput) for spec in outputs)
     wires = {n: f"_{n}" for n in (C.INPUT_IDS, C.ATTENTION_MASK, C.OUTPUT_MASK)}
     enc_out = {C.TOKEN_EMBEDDINGS: C.TOKEN_EMBEDDINGS, C.NUM_TOKENS: C.NUM_TOKENS}

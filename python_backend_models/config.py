@@ -19,6 +19,11 @@ def io_tensor(spec: C.TensorSpec, kind):
     return msg
 
 
+def output_dim(info: ModelInfo) -> int:
+    """The last dimension of vector outputs in configs: variable when requests may pick a size."""
+    return -1 if info.matryoshka_dimensions else info.dim
+
+
 def model_card_parameter(info: ModelInfo) -> str:
     return info.to_json()
 

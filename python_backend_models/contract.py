@@ -82,6 +82,7 @@ PARAM_TRUNCATE_PROMPT_TOKENS = "truncate_prompt_tokens"  # int, -1 = max_model_l
 PARAM_TRUNCATION_SIDE = "truncation_side"  # "right" | "left"
 PARAM_ADD_SPECIAL_TOKENS = "add_special_tokens"  # bool, default true
 PARAM_USE_ACTIVATION = "use_activation"  # bool, default true: L2-normalise
+PARAM_DIMENSIONS = "dimensions"  # int: matryoshka output size, for models trained for it
 PARAM_PURPOSE = "purpose"  # "embedding" | "score": only changes the wording of the length error
 
 # Config parameter on the public ensemble that describes the served model to clients (JSON).
@@ -102,6 +103,7 @@ PREPROCESS = StageSpec(
 
 
 def encoder_spec(dim: int, pooled: bool) -> StageSpec:
+    """``dim`` is -1 for models whose requests may pick a smaller (matryoshka) size."""
     outputs = [TensorSpec(TOKEN_EMBEDDINGS, "FP32", (-1, dim)), TensorSpec(NUM_TOKENS, "INT32", (1,))]
     if pooled:
         outputs.append(TensorSpec(EMBEDDINGS, "FP32", (dim,)))

@@ -27,14 +27,20 @@ class Family:
     score_type: str
     tasks: tuple[str, ...]
     pooled: bool  # the encoder also returns one pooled vector per text
+    matryoshka: tuple[int, ...] = ()  # output sizes a request may ask for with `dimensions`
 
 
-COLBERT_BERT = Family("colbert", "bert", LATE_INTERACTION, ("token_embed",), pooled=False)
-SENTENCE_BERT = Family("bi_encoder", "bert", BI_ENCODER, ("embed", "token_embed"), pooled=True)
+def _colbert(backbone: str, matryoshka: tuple[int, ...] = ()) -> Family:
+    return Family("colbert", backbone, LATE_INTERACTION, ("token_embed",), pooled=False, matryoshka=matryoshka)
+
 
 ARCHITECTURES: dict[str, Family] = {
-    "HF_ColBERT": COLBERT_BERT,
-    "BertModel": SENTENCE_BERT,
+    "HF_ColBERT": _colbert("bert"),
+    "ColBERTModernBertModel": _colbert("modernbert"),
+    # jina-colbert-v2 was trained for these output sizes; the projection gives the largest.
+    "ColBERTJinaRobertaModel": _colbert("jina_xlmr", matryoshka=(128, 96, 64)),
+    "ColBERTLfm2Model": _colbert("lfm2"),
+    "BertModel": Family("bi_encoder", "bert", BI_ENCODER, ("embed", "token_embed"), pooled=True),
 }
 
 
@@ -81,6 +87,7 @@ class ModelInfo:
     projection: tuple[DenseLayer, ...] = ()
     embedding_modes: bool = False  # ColBERT query/document conventions available
     has_pad_token: bool = True  # vLLM's score usage adds one token per pair when the tokenizer has one
+    matryoshka_dimensions: tuple[int, ...] = ()  # `dimensions` a request may ask for
     hf_overrides: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -90,6 +97,7 @@ class ModelInfo:
     def from_json(cls, text: str) -> "ModelInfo":
         data = json.loads(text)
         data["tasks"] = tuple(data["tasks"])
+        data["matryoshka_dimensions"] = tuple(data.get("matryoshka_dimensions", ()))
         data["projection"] = tuple(DenseLayer(**layer) for layer in data["projection"])
         return cls(**data)
 
@@ -195,6 +203,14 @@ def describe(
     """Read everything the serving stack needs from a checkpoint, or fail with the fix."""
     family = family_for(ckpt.architecture)
     config = ckpt.config
+    if not any((ckpt.path / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
+        pickled = [f for f in ("pytorch_model.bin", "model.bin") if (ckpt.path / f).is_file()]
+        if pickled:
+            raise CheckpointError(
+                f"{ckpt.path} holds only pickled weights ({pickled[0]}); trilate loads safetensors only. "
+                "Convert them once with safetensors.torch.save_file on a trusted machine."
+            )
+        raise CheckpointError(f"{ckpt.path} has no model.safetensors")
     hidden = int(config.get("hidden_size") or config.get("d_model") or 0)
     st_cfg = read_json_if_exists(ckpt.path / "sentence_bert_config.json") or {}
     projection: list[DenseLayer] = []
@@ -249,5 +265,8 @@ def describe(
         projection=tuple(projection),
         embedding_modes=embedding_modes,
         has_pad_token=_has_pad_token(ckpt.path),
+        matryoshka_dimensions=tuple(
+            d for d in (config.get("matryoshka_dimensions") or family.matryoshka) if d <= dim
+        ),
         hf_overrides=dict(hf_overrides or {}),
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import contract as C
 from .checkpoint import DEFAULT_MODEL, CheckpointError, open_checkpoint, resolve
-from .config import stage_config, to_pbtxt
+from .config import output_dim, stage_config, to_pbtxt
 from .registry import ModelInfo, describe
 
 # Texts per Triton batch (the client library splits larger requests).
@@ -78,7 +78,7 @@ def model_configs(spec: ServeSpec, info: ModelInfo, options: BuildOptions):
     preprocess = C.stage_name(name, "preprocess")
     configs = [(stage_config(preprocess, C.PREPROCESS, max_batch_size=MAX_BATCH_SIZE,
                              parameters={"model_card": card}), C.PREPROCESS.adapter)]
-    encoder_spec = C.encoder_spec(info.dim, info.pooled)
+    encoder_spec = C.encoder_spec(output_dim(info), info.pooled)
     configs.append((stage_config(
         C.stage_name(name, "encoder"), encoder_spec, max_batch_size=MAX_BATCH_SIZE,
         parameters={"model_card": card, "dtype": spec.dtype, "max_batch_tokens": str(options.max_batch_tokens)},

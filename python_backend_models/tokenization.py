@@ -250,7 +250,8 @@ class TextPreprocessor:
     def _encode_colbert(self, text: str, is_query: bool):
         c = self.conventions
         assert c is not None
-        length = c.query_length if is_query else c.document_length
+        # The checkpoint's lengths, never past what the served model accepts.
+        length = min(c.query_length if is_query else c.document_length, self.max_model_len)
         prefix = c.query_prefix_id if is_query else c.document_prefix_id
         budget = length - 1 if prefix is not None else length
         self.tokenizer.enable_truncation(max_length=budget, strategy="longest_first", direction="right")

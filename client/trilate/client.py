@@ -191,11 +191,13 @@ class TrilateClient:
         truncation_side: str | None = None,
         use_activation: bool | None = None,
         add_special_tokens: bool | None = None,
+        dimensions: int | None = None,
     ) -> PoolingResult:
         """vLLM's ``/pooling``: ``token_embed`` (per-token vectors) or ``embed`` (one vector per input).
 
         ``embedding_mode`` ("query" | "document") applies the checkpoint's ColBERT conventions
-        (PyLate's); without it every token comes back, as in vLLM.
+        (PyLate's); without it every token comes back, as in vLLM.  ``dimensions`` picks a smaller
+        output size on models trained for it (matryoshka, e.g. jina-colbert-v2: 128, 96, 64).
         """
         card = self.model(model)
         task = task or ("token_embed" if "token_embed" in card.tasks else card.tasks[0])
@@ -209,7 +211,7 @@ class TrilateClient:
             raise InvalidInputError("input must not be empty", param="input")
         params = {C.PARAM_EMBEDDING_MODE: embedding_mode, C.PARAM_TRUNCATE_PROMPT_TOKENS: truncate_prompt_tokens,
                   C.PARAM_TRUNCATION_SIDE: truncation_side, C.PARAM_USE_ACTIVATION: use_activation,
-                  C.PARAM_ADD_SPECIAL_TOKENS: add_special_tokens}
+                  C.PARAM_ADD_SPECIAL_TOKENS: add_special_tokens, C.PARAM_DIMENSIONS: dimensions}
         items: list[PoolingItem] = []
         prompt = 0
         if task == "embed":
@@ -238,6 +240,7 @@ class TrilateClient:
         truncate_prompt_tokens: int | None = None,
         truncation_side: str | None = None,
         use_activation: bool | None = None,
+        dimensions: int | None = None,
     ) -> EmbeddingResult:
         """vLLM's ``/v1/embeddings``: one pooled, L2-normalised vector per input (bi-encoders only)."""
         card = self.model(model)
@@ -246,7 +249,7 @@ class TrilateClient:
                 f"Unsupported task: 'embed' Supported tasks: {list(card.tasks)} "
                 f"({card.architecture} returns per-token vectors; use pooling with task='token_embed')", param="model")
         result = self.pooling(card.served_name, input, task="embed", truncate_prompt_tokens=truncate_prompt_tokens,
-                              truncation_side=truncation_side, use_activation=use_activation)
+                              truncation_side=truncation_side, use_activation=use_activation, dimensions=dimensions)
         return EmbeddingResult(model=result.model, data=[EmbeddingItem(i.index, i.data) for i in result.data],
                                usage=result.usage)
 
@@ -258,6 +261,7 @@ class TrilateClient:
         *,
         truncate_prompt_tokens: int | None = None,
         use_activation: bool | None = None,
+        dimensions: int | None = None,
     ) -> ScoreResult:
         """vLLM's ``/score``: 1:1, 1:N (first side broadcast) or N:N (zipped) pairs, in pair order.
 
@@ -273,7 +277,7 @@ class TrilateClient:
         if len(queries) != 1 and len(queries) != len(documents):
             raise InvalidInputError("Input lengths must be either 1:1, 1:N or N:N")
         params = {C.PARAM_TRUNCATE_PROMPT_TOKENS: truncate_prompt_tokens, C.PARAM_USE_ACTIVATION: use_activation,
-                  C.PARAM_PURPOSE: "score"}
+                  C.PARAM_DIMENSIONS: dimensions, C.PARAM_PURPOSE: "score"}
         scores: list[float] = []
         prompt = 0
         pad = 1 if card.has_pad_token else 0
@@ -301,6 +305,7 @@ class TrilateClient:
         top_n: int | None = None,
         truncate_prompt_tokens: int | None = None,
         use_activation: bool | None = None,
+        dimensions: int | None = None,
     ) -> RerankResult:
         """vLLM's ``/rerank``: documents sorted by score (stable), cut to ``top_n`` when 0 < top_n < N."""
         if not isinstance(query, str):
@@ -309,7 +314,7 @@ class TrilateClient:
         if not docs:
             raise InvalidInputError("At least one text_pair element must be given", param="documents")
         result = self.score(model, query, docs, truncate_prompt_tokens=truncate_prompt_tokens,
-                            use_activation=use_activation)
+                            use_activation=use_activation, dimensions=dimensions)
         order = sorted(range(len(docs)), key=lambda i: -result.data[i].score)
         if top_n is not None and 0 < top_n < len(docs):
             order = order[:top_n]

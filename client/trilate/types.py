@@ -22,6 +22,7 @@ class ModelCard:
     max_model_len: int
     embedding_modes: bool
     has_pad_token: bool
+    matryoshka_dimensions: tuple[int, ...] = ()
 
     @classmethod
     def from_parameter(cls, triton_name: str, text: str) -> "ModelCard":
@@ -36,6 +37,7 @@ class ModelCard:
             max_model_len=int(data["max_model_len"]),
             embedding_modes=bool(data.get("embedding_modes", False)),
             has_pad_token=bool(data.get("has_pad_token", True)),
+            matryoshka_dimensions=tuple(data.get("matryoshka_dimensions", ())),
         )
 
 

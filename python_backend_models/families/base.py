@@ -39,14 +39,9 @@ def resolve_dtype(name: str, device: torch.device, config: dict) -> torch.dtype:
     return _DTYPES[name]
 
 
-def build_backbone(info: ModelInfo, device: torch.device, dtype: torch.dtype, skip: Sequence[str] = ()):
-    """A transformers ``AutoModel`` for the checkpoint's model_type, weights from safetensors only.
-
-    ``skip`` names the state-dict keys that belong to heads, not to the backbone.
-    """
+def _auto_model(info: ModelInfo, path: Path):
     from transformers import AutoConfig, AutoModel
 
-    path = Path(info.path)
     raw = AutoConfig.from_pretrained(str(path), trust_remote_code=False).to_dict()
     raw.update(info.hf_overrides)
     model_type = raw.get("model_type")
@@ -55,7 +50,23 @@ def build_backbone(info: ModelInfo, device: torch.device, dtype: torch.dtype, sk
             f"{info.architecture} needs a {info.backbone!r} backbone but {path}/config.json says model_type {model_type!r}"
         )
     config = AutoConfig.for_model(**raw)
-    model = AutoModel.from_config(config, attn_implementation="sdpa")
+    return AutoModel.from_config(config, attn_implementation="sdpa")
+
+
+def build_backbone(info: ModelInfo, device: torch.device, dtype: torch.dtype, skip: Sequence[str] = ()):
+    """The backbone for ``info``, weights from safetensors only.
+
+    transformers' ``AutoModel`` for the checkpoint's model_type, or our own module where transformers
+    has none for the checkpoint's weights (Jina's XLM-R).  ``skip`` names the state-dict keys that belong
+    to heads, not to the backbone.
+    """
+    path = Path(info.path)
+    if info.backbone == "jina_xlmr":
+        from .jina_xlmr import JinaXLMRoberta
+
+        model = JinaXLMRoberta({**read_json(path / "config.json"), **info.hf_overrides})
+    else:
+        model = _auto_model(info, path)
     state = load_state_dict(path)
     expected = set(model.state_dict())
     backbone_state = {}
@@ -125,14 +136,35 @@ class Encoder:
         self.projection = Projection(info).to(self.device)
         self.max_batch_tokens = max_batch_tokens
         self.forward_passes = 0  # backbone calls, for tests and statistics
+        self.vocab_size = self.backbone.get_input_embeddings().num_embeddings
+
+    def check(self, input_ids: np.ndarray, attention: np.ndarray, output: np.ndarray) -> None:
+        """Refuse one request's rows that would break the shared forward pass (its own error only)."""
+        from ..errors import InputError
+
+        if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
+            raise InputError(f"token ids must be in [0, {self.vocab_size}); got {int(input_ids.min())}..{int(input_ids.max())}")
+        for row in range(input_ids.shape[0]):
+            n = item_length(attention[row], output[row])
+            if n > self.info.max_model_len:
+                raise InputError(f"an input has {n} tokens; this model's maximum context length is {self.info.max_model_len}")
 
     def head_keys(self) -> tuple[str, ...]:
         return tuple(layer.weight_key for layer in self.info.projection if layer.file == "model.safetensors")
 
     def head(self, hidden: torch.Tensor, attention: torch.Tensor, output: torch.Tensor,
-             want_tokens: bool, want_pooled: bool, normalize: bool) -> ItemOutput:
-        """One item's vectors from its fp32 hidden states (T, H).  Shapes in ``ItemOutput``."""
+             want_tokens: bool, want_pooled: bool, normalize: bool, dimensions: int | None = None) -> ItemOutput:
+        """One item's vectors from its fp32 hidden states (T, H).  Shapes in ``ItemOutput``.
+
+        ``dimensions`` keeps the first values of each vector before normalising (matryoshka).
+        """
         raise NotImplementedError
+
+    def finish(self, vectors: torch.Tensor, normalize: bool, dimensions: int | None) -> np.ndarray:
+        """vLLM's head order after the projection: matryoshka slice, then L2."""
+        if dimensions is not None:
+            vectors = vectors[..., :dimensions]
+        return to_numpy(l2(vectors) if normalize else vectors)
 
     @torch.inference_mode()
     def encode(
@@ -142,6 +174,7 @@ class Encoder:
         want_tokens: bool = True,
         want_pooled: bool = False,
         normalize: Sequence[bool] | None = None,
+        dimensions: Sequence[int | None] | None = None,
     ) -> list[ItemOutput]:
         lengths = [item_length(a, o) for _, a, o in items]
         order = sorted(range(len(items)), key=lambda i: -lengths[i])
@@ -169,6 +202,7 @@ class Encoder:
                 results[i] = self.head(
                     hidden[row, :n], att_t[row, :n], out_mask, want_tokens, want_pooled,
                     True if normalize is None else bool(normalize[i]),
+                    None if dimensions is None else dimensions[i],
                 )
             start = stop
         return results  # type: ignore[return-value]

@@ -6,23 +6,19 @@ sentence-transformers and vLLM do; ``token_embed`` returns each token's vector, 
 
 from __future__ import annotations
 
-import torch
-
-from .base import Encoder, ItemOutput, l2, to_numpy
+from .base import Encoder, ItemOutput
 
 
 class BiEncoder(Encoder):
-    def head(self, hidden, attention, output, want_tokens, want_pooled, normalize) -> ItemOutput:
+    def head(self, hidden, attention, output, want_tokens, want_pooled, normalize, dimensions=None) -> ItemOutput:
         tokens = pooled = None
         if want_tokens:
-            t = self.projection(hidden[output])
-            tokens = to_numpy(l2(t) if normalize else t)
+            tokens = self.finish(self.projection(hidden[output]), normalize, dimensions)
         if want_pooled:
             mask = attention.to(hidden.dtype).unsqueeze(-1)
             if self.info.pooling == "cls":
                 vec = hidden[0]
             else:
                 vec = (hidden * mask).sum(0) / mask.sum().clamp(min=1.0)
-            vec = self.projection(vec)
-            pooled = to_numpy(l2(vec) if normalize else vec)
+            pooled = self.finish(self.projection(vec), normalize, dimensions)
         return ItemOutput(token_embeddings=tokens, embedding=pooled)

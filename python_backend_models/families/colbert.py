@@ -1,21 +1,18 @@
 """ColBERT late interaction: backbone -> projection (no bias) -> per-token L2.
 
-Serves ``HF_ColBERT`` (BERT).  Which tokens come back is decided by the preprocess stage's output mask:
+Serves ``HF_ColBERT`` (BERT), ``ColBERTModernBertModel``, ``ColBERTJinaRobertaModel`` and
+``ColBERTLfm2Model``: the backbone differs, the head is the same.  Which tokens come back is decided by the preprocess stage's output mask:
 every token in vLLM's mode; PyLate's selection in the query/document modes.
 """
 
 from __future__ import annotations
 
-import torch
-
-from .base import Encoder, ItemOutput, l2, to_numpy
+from .base import Encoder, ItemOutput
 
 
 class ColbertEncoder(Encoder):
-    def head(self, hidden, attention, output, want_tokens, want_pooled, normalize) -> ItemOutput:
+    def head(self, hidden, attention, output, want_tokens, want_pooled, normalize, dimensions=None) -> ItemOutput:
         if want_pooled:
             raise ValueError("ColBERT models have no pooled embedding")
-        vectors = self.projection(hidden[output])
-        if normalize:
-            vectors = l2(vectors)
-        return ItemOutput(token_embeddings=to_numpy(vectors), embedding=None)
+        return ItemOutput(token_embeddings=self.finish(self.projection(hidden[output]), normalize, dimensions),
+                          embedding=None)

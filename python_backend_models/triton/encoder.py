@@ -8,7 +8,9 @@ import triton_python_backend_utils as pb_utils
 from .. import contract as C
 from ..errors import InputError
 from ..registry import ModelInfo
-from .base import StageModel, bool_param, error_response, input_array, request_parameters, requested_outputs
+from .base import (
+    StageModel, bool_param, error_response, input_array, int_param, request_parameters, requested_outputs,
+)
 
 
 class EncoderModel(StageModel):
@@ -24,7 +26,7 @@ class EncoderModel(StageModel):
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        items, owners, normalize, want_pooled, want_tokens = [], [], [], False, False
+        items, normalize, sizes, want_pooled, want_tokens = [], [], [], False, False
         spans = {}
         for r, request in enumerate(requests):
             try:
@@ -34,33 +36,48 @@ class EncoderModel(StageModel):
                 out = input_array(request, C.OUTPUT_MASK)
                 if not (ids.shape == att.shape == out.shape) or ids.ndim != 2:
                     raise InputError("input_ids, attention_mask and output_mask must have the same 2-D shape")
+                self.encoder.check(ids, att, out)
                 norm = bool_param(params, C.PARAM_USE_ACTIVATION, True)
+                size = self._dimensions(int_param(params, C.PARAM_DIMENSIONS))
                 wanted = requested_outputs(request)
             except InputError as exc:
                 responses[r] = error_response(str(exc))
                 continue
             want_pooled |= C.EMBEDDINGS in wanted
             want_tokens |= C.TOKEN_EMBEDDINGS in wanted or not wanted
-            spans[r] = (len(items), len(items) + ids.shape[0])
+            spans[r] = (len(items), len(items) + ids.shape[0], size or self.info.dim)
             for row in range(ids.shape[0]):
                 items.append((ids[row], att[row], out[row]))
                 normalize.append(norm)
+                sizes.append(size)
         if want_pooled and not self.info.pooled:
             want_pooled = False
         results = []
         if items:
             try:
-                results = self.encoder.encode(items, want_tokens=want_tokens, want_pooled=want_pooled, normalize=normalize)
+                results = self.encoder.encode(items, want_tokens=want_tokens, want_pooled=want_pooled,
+                                              normalize=normalize, dimensions=sizes)
             except Exception as exc:
                 self.log.log_error(f"{self.model_name}: batch of {len(items)} texts failed: {exc}")
                 return [resp or error_response(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
                         for resp in responses]
-        for r, (lo, hi) in spans.items():
-            responses[r] = self._response(results[lo:hi], want_tokens, want_pooled)
+        for r, (lo, hi, dim) in spans.items():
+            responses[r] = self._response(results[lo:hi], want_tokens, want_pooled, dim)
         return responses
 
-    def _response(self, results, want_tokens, want_pooled):
-        dim = self.info.dim
+    def _dimensions(self, size: int | None) -> int | None:
+        """vLLM's checks of a request's ``dimensions`` (matryoshka output size)."""
+        if size is None or size == self.info.dim:
+            return None
+        if not self.info.matryoshka_dimensions:
+            raise InputError(f"Model {self.info.served_name} does not support matryoshka representation, "
+                             "changing output dimensions will lead to poor results.")
+        if size not in self.info.matryoshka_dimensions:
+            raise InputError(f"Model {self.info.served_name} only supports {list(self.info.matryoshka_dimensions)} "
+                             f"matryoshka dimensions, use other output dimensions will lead to poor results.")
+        return size
+
+    def _response(self, results, want_tokens, want_pooled, dim):
         n = len(results)
         outputs = []
         if want_tokens:
