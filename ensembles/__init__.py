@@ -29,38 +29,49 @@ def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> mc.Mod
     return step
 
 
-def _encode_steps(prefix: str, preprocess: str, encoder: str, text: str, info: ModelInfo, pooled_only: bool,
-                  prompt_tokens: str) -> list[mc.ModelEnsembling.Step]:
-    """preprocess + encoder for one side; encoder outputs land in ``_<prefix>embeddings`` etc."""
-    wires = {name: f"_{prefix}_{name}" for name in (C.INPUT_IDS, C.ATTENTION_MASK, C.OUTPUT_MASK)}
-    pre_out = dict(wires)
-    pre_out[C.PROMPT_TOKENS] = prompt_tokens
-    if pooled_only:
-        enc_out = {C.EMBEDDINGS: f"_{prefix}_{C.EMBEDDINGS}"}
-    else:
-        enc_out = {C.TOKEN_EMBEDDINGS: f"_{prefix}_{C.TOKEN_EMBEDDINGS}", C.NUM_TOKENS: f"_{prefix}_{C.NUM_TOKENS}"}
-    return [_step(preprocess, {C.TEXT: text}, pre_out), _step(encoder, wires, enc_out)]
+def _side_steps(side: str, preprocess: str, name: str, text: str, info: ModelInfo, prompt_tokens: str,
+                wanted: tuple[str, ...]) -> tuple[list[mc.ModelEnsembling.Step], dict[str, str]]:
+    """preprocess -> encoder (-> sparse) for one side of a score; returns the steps and where each
+    wanted output lands (``_<side>_<output>``)."""
+    wire = {n: f"_{side}_{n}" for n in (C.INPUT_IDS, C.ATTENTION_MASK, C.OUTPUT_MASK, C.TOKEN_WEIGHTS, *wanted)}
+    ids = {n: wire[n] for n in (C.INPUT_IDS, C.ATTENTION_MASK, C.OUTPUT_MASK)}
+    steps = [_step(preprocess, {C.TEXT: text}, {**ids, C.PROMPT_TOKENS: prompt_tokens})]
+    encoder_outputs = [n for n in wanted if n in (C.EMBEDDINGS, C.TOKEN_EMBEDDINGS, C.NUM_TOKENS)]
+    sparse_outputs = [n for n in wanted if n in (C.LEXICAL_IDS, C.LEXICAL_WEIGHTS, C.NUM_LEXICAL)]
+    if sparse_outputs:
+        encoder_outputs.append(C.TOKEN_WEIGHTS)
+    steps.append(_step(C.stage_name(name, "encoder"), ids, {n: wire[n] for n in encoder_outputs}))
+    if sparse_outputs:
+        steps.append(_step(C.stage_name(name, "sparse"),
+                           {n: wire[n] for n in (C.INPUT_IDS, C.ATTENTION_MASK, C.TOKEN_WEIGHTS)},
+                           {n: wire[n] for n in sparse_outputs}))
+    return steps, wire
 
 
 def token_embed_ensemble(name: str, info: ModelInfo, max_batch_size: int) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
     config.input.append(io_tensor(C.PREPROCESS.input(C.TEXT), mc.ModelInput))
-    outputs = [
-        C.TensorSpec(C.TOKEN_EMBEDDINGS, "FP32", (-1, output_dim(info))),
-        C.TensorSpec(C.NUM_TOKENS, "INT32", (1,)),
-        C.TensorSpec(C.PROMPT_TOKENS, "INT32", (1,)),
-    ]
-    if info.pooled:
-        outputs.append(C.TensorSpec(C.EMBEDDINGS, "FP32", (output_dim(info),)))
-    config.output.extend(io_tensor(spec, mc.ModelOutput) for spec in outputs)
+    encoder = C.encoder_spec(output_dim(info), info.pooled_dim, info.sparse)
+    public = [spec for spec in encoder.outputs if spec.name != C.TOKEN_WEIGHTS]
+    public.append(C.PREPROCESS.output(C.PROMPT_TOKENS))
+    if info.sparse:
+        public.extend(C.SPARSE.outputs)
+    config.output.extend(io_tensor(spec, mc.ModelOutput) for spec in public)
     wires = {n: f"_{n}" for n in (C.INPUT_IDS, C.ATTENTION_MASK, C.OUTPUT_MASK)}
-    enc_out = {C.TOKEN_EMBEDDINGS: C.TOKEN_EMBEDDINGS, C.NUM_TOKENS: C.NUM_TOKENS}
-    if info.pooled:
-        enc_out[C.EMBEDDINGS] = C.EMBEDDINGS
-    config.ensemble_scheduling.step.extend([
+    enc_out = {spec.name: spec.name for spec in encoder.outputs}
+    if info.sparse:
+        enc_out[C.TOKEN_WEIGHTS] = "_" + C.TOKEN_WEIGHTS
+    steps = [
         _step(C.stage_name(name, "preprocess"), {C.TEXT: C.TEXT}, {**wires, C.PROMPT_TOKENS: C.PROMPT_TOKENS}),
         _step(C.stage_name(name, "encoder"), wires, enc_out),
-    ])
+    ]
+    if info.sparse:
+        steps.append(_step(
+            C.stage_name(name, "sparse"),
+            {C.INPUT_IDS: wires[C.INPUT_IDS], C.ATTENTION_MASK: wires[C.ATTENTION_MASK], C.TOKEN_WEIGHTS: "_" + C.TOKEN_WEIGHTS},
+            {spec.name: spec.name for spec in C.SPARSE.outputs},
+        ))
+    config.ensemble_scheduling.step.extend(steps)
     config.parameters[C.MODEL_CARD_PARAMETER].string_value = model_card_parameter(info)
     return config
 
@@ -74,17 +85,18 @@ def score_ensemble(name: str, info: ModelInfo, query_preprocess: str, document_p
         C.TensorSpec(C.QUERY_PROMPT_TOKENS, "INT32", (-1, 1)),
         C.TensorSpec(C.DOCUMENT_PROMPT_TOKENS, "INT32", (-1, 1)),
     ))
-    encoder = C.stage_name(name, "encoder")
-    pooled_only = info.score_type != LATE_INTERACTION
-    steps = _encode_steps("q", query_preprocess, encoder, C.QUERIES, info, pooled_only, C.QUERY_PROMPT_TOKENS)
-    steps += _encode_steps("d", document_preprocess, encoder, C.DOCUMENTS, info, pooled_only, C.DOCUMENT_PROMPT_TOKENS)
-    if pooled_only:
-        steps.append(_step(C.COSINE_MODEL, {C.QUERY_EMBEDDINGS: f"_q_{C.EMBEDDINGS}", C.DOCUMENT_EMBEDDINGS: f"_d_{C.EMBEDDINGS}"},
-                           {C.SCORES: C.SCORES}))
+    if info.sparse:
+        wanted = (C.EMBEDDINGS, C.TOKEN_EMBEDDINGS, C.NUM_TOKENS, C.LEXICAL_IDS, C.LEXICAL_WEIGHTS, C.NUM_LEXICAL)
+        scorer = C.M3_SCORE_MODEL
+    elif info.score_type == LATE_INTERACTION:
+        wanted = (C.TOKEN_EMBEDDINGS, C.NUM_TOKENS)
+        scorer = C.MAXSIM_MODEL
     else:
-        steps.append(_step(C.MAXSIM_MODEL, {
-            C.QUERY_EMBEDDINGS: f"_q_{C.TOKEN_EMBEDDINGS}", C.QUERY_NUM_TOKENS: f"_q_{C.NUM_TOKENS}",
-            C.DOCUMENT_EMBEDDINGS: f"_d_{C.TOKEN_EMBEDDINGS}", C.DOCUMENT_NUM_TOKENS: f"_d_{C.NUM_TOKENS}",
-        }, {C.SCORES: C.SCORES}))
-    config.ensemble_scheduling.step.extend(steps)
+        wanted = (C.EMBEDDINGS,)
+        scorer = C.COSINE_MODEL
+    q_steps, q = _side_steps("q", query_preprocess, name, C.QUERIES, info, C.QUERY_PROMPT_TOKENS, wanted)
+    d_steps, d = _side_steps("d", document_preprocess, name, C.DOCUMENTS, info, C.DOCUMENT_PROMPT_TOKENS, wanted)
+    inputs = {f"query_{n}": q[n] for n in wanted}
+    inputs.update({f"document_{n}": d[n] for n in wanted})
+    config.ensemble_scheduling.step.extend(q_steps + d_steps + [_step(scorer, inputs, {C.SCORES: C.SCORES})])
     return config

@@ -64,13 +64,25 @@ TOKEN_STRS = "token_strs"  # only computed when asked for (the tokenize call)
 TOKEN_EMBEDDINGS = "token_embeddings"  # (n_texts, max_tokens, dim), zero rows past num_tokens
 NUM_TOKENS = "num_tokens"  # (n_texts, 1) rows of token_embeddings that are real
 EMBEDDINGS = "embeddings"  # (n_texts, dim) pooled, for bi-encoders
+TOKEN_WEIGHTS = "token_weights"  # (n_texts, positions) BGE-M3 sparse head, aligned with input_ids
+
+# --- sparse stage (BGE-M3): per-position weights -> vLLM's list and FlagEmbedding's per-id weights ---
+SPARSE_WEIGHTS = "sparse_weights"  # (n_texts, max_n) vLLM token_classify: BOS/EOS positions dropped
+NUM_SPARSE_WEIGHTS = "num_sparse_weights"  # (n_texts, 1)
+LEXICAL_IDS = "lexical_ids"  # (n_texts, max_k) token ids with weight > 0, specials dropped, max per id
+LEXICAL_WEIGHTS = "lexical_weights"  # (n_texts, max_k)
+LEXICAL_TOKENS = "lexical_tokens"  # (n_texts, max_k) the token strings of lexical_ids
+NUM_LEXICAL = "num_lexical"  # (n_texts, 1)
 
 # --- scoring (shared models) ---------------------------------------------------------------------
 QUERIES = "queries"
 DOCUMENTS = "documents"
+# A scoring stage's inputs are "query_<output>" / "document_<output>" of the two encoder passes.
 QUERY_EMBEDDINGS = "query_embeddings"
-QUERY_NUM_TOKENS = "query_num_tokens"
 DOCUMENT_EMBEDDINGS = "document_embeddings"
+QUERY_TOKEN_EMBEDDINGS = "query_token_embeddings"
+QUERY_NUM_TOKENS = "query_num_tokens"
+DOCUMENT_TOKEN_EMBEDDINGS = "document_token_embeddings"
 DOCUMENT_NUM_TOKENS = "document_num_tokens"
 SCORES = "scores"
 QUERY_PROMPT_TOKENS = "query_prompt_tokens"
@@ -83,6 +95,8 @@ PARAM_TRUNCATION_SIDE = "truncation_side"  # "right" | "left"
 PARAM_ADD_SPECIAL_TOKENS = "add_special_tokens"  # bool, default true
 PARAM_USE_ACTIVATION = "use_activation"  # bool, default true: L2-normalise
 PARAM_DIMENSIONS = "dimensions"  # int: matryoshka output size, for models trained for it
+PARAM_SCORE_MODE = "score_mode"  # BGE-M3: dense | sparse | colbert | sparse+dense | colbert+sparse+dense
+PARAM_SCORE_WEIGHTS = "score_weights"  # BGE-M3 hybrid weights "dense,sparse,colbert" (default 1,1,1)
 PARAM_PURPOSE = "purpose"  # "embedding" | "score": only changes the wording of the length error
 
 # Config parameter on the public ensemble that describes the served model to clients (JSON).
@@ -102,11 +116,14 @@ PREPROCESS = StageSpec(
 )
 
 
-def encoder_spec(dim: int, pooled: bool) -> StageSpec:
-    """``dim`` is -1 for models whose requests may pick a smaller (matryoshka) size."""
+def encoder_spec(dim: int, pooled_dim: int | None, sparse: bool = False) -> StageSpec:
+    """``dim`` is -1 for models whose requests may pick a smaller (matryoshka) size; ``pooled_dim`` is
+    None for models without a pooled vector; ``sparse`` adds BGE-M3's per-position weights."""
     outputs = [TensorSpec(TOKEN_EMBEDDINGS, "FP32", (-1, dim)), TensorSpec(NUM_TOKENS, "INT32", (1,))]
-    if pooled:
-        outputs.append(TensorSpec(EMBEDDINGS, "FP32", (dim,)))
+    if pooled_dim is not None:
+        outputs.append(TensorSpec(EMBEDDINGS, "FP32", (pooled_dim,)))
+    if sparse:
+        outputs.append(TensorSpec(TOKEN_WEIGHTS, "FP32", (-1,)))
     return StageSpec(
         kind="encoder",
         inputs=(
@@ -119,14 +136,32 @@ def encoder_spec(dim: int, pooled: bool) -> StageSpec:
     )
 
 
+SPARSE = StageSpec(
+    kind="sparse",
+    inputs=(
+        TensorSpec(INPUT_IDS, "INT64", (-1,), ragged=True),
+        TensorSpec(ATTENTION_MASK, "INT64", (-1,), ragged=True),
+        TensorSpec(TOKEN_WEIGHTS, "FP32", (-1,), ragged=True),
+    ),
+    outputs=(
+        TensorSpec(SPARSE_WEIGHTS, "FP32", (-1,)),
+        TensorSpec(NUM_SPARSE_WEIGHTS, "INT32", (1,)),
+        TensorSpec(LEXICAL_IDS, "INT64", (-1,)),
+        TensorSpec(LEXICAL_WEIGHTS, "FP32", (-1,)),
+        TensorSpec(LEXICAL_TOKENS, "STRING", (-1,)),
+        TensorSpec(NUM_LEXICAL, "INT32", (1,)),
+    ),
+    adapter="sparse:SparseModel",
+)
+
 # MaxSim over a whole request: queries (1 or N) against N documents; no dynamic batching needed,
 # it costs 1/5000 of encoding the documents.
 MAXSIM = StageSpec(
     kind="maxsim",
     inputs=(
-        TensorSpec(QUERY_EMBEDDINGS, "FP32", (-1, -1, -1)),
+        TensorSpec(QUERY_TOKEN_EMBEDDINGS, "FP32", (-1, -1, -1)),
         TensorSpec(QUERY_NUM_TOKENS, "INT32", (-1, 1)),
-        TensorSpec(DOCUMENT_EMBEDDINGS, "FP32", (-1, -1, -1)),
+        TensorSpec(DOCUMENT_TOKEN_EMBEDDINGS, "FP32", (-1, -1, -1)),
         TensorSpec(DOCUMENT_NUM_TOKENS, "INT32", (-1, 1)),
     ),
     outputs=(TensorSpec(SCORES, "FP32", (-1,)),),
@@ -145,16 +180,37 @@ COSINE = StageSpec(
     batching=False,
 )
 
+# BGE-M3's scores (dense cosine, lexical matching, ColBERT mean-MaxSim, hybrids) from both sides' outputs.
+M3_SCORE = StageSpec(
+    kind="m3_score",
+    inputs=tuple(
+        spec
+        for side in ("query", "document")
+        for spec in (
+            TensorSpec(f"{side}_{EMBEDDINGS}", "FP32", (-1, -1)),
+            TensorSpec(f"{side}_{TOKEN_EMBEDDINGS}", "FP32", (-1, -1, -1)),
+            TensorSpec(f"{side}_{NUM_TOKENS}", "INT32", (-1, 1)),
+            TensorSpec(f"{side}_{LEXICAL_IDS}", "INT64", (-1, -1)),
+            TensorSpec(f"{side}_{LEXICAL_WEIGHTS}", "FP32", (-1, -1)),
+            TensorSpec(f"{side}_{NUM_LEXICAL}", "INT32", (-1, 1)),
+        )
+    ),
+    outputs=(TensorSpec(SCORES, "FP32", (-1,)),),
+    adapter="scoring:M3ScoreModel",
+    batching=False,
+)
+
 MAXSIM_MODEL = "trilate__maxsim"
 COSINE_MODEL = "trilate__cosine"
-SHARED_STAGES = {MAXSIM_MODEL: MAXSIM, COSINE_MODEL: COSINE}
+M3_SCORE_MODEL = "trilate__m3_score"
+SHARED_STAGES = {MAXSIM_MODEL: MAXSIM, COSINE_MODEL: COSINE, M3_SCORE_MODEL: M3_SCORE}
 
 
 def triton_name(served_name: str) -> str:
     """A Triton-safe spelling of a served model name ("org/model" -> "org--model")."""
     safe = served_name.strip().replace("/", "--")
-    out = "".join(ch if (ch.isalnum() or ch in "-_.") else "_" for ch in safe)
-    if not out or out.startswith("."):
+    out = "".join(ch if (ch.isalnum() or ch in "-_.") else "_" for ch in safe).lstrip("-_.")
+    if not out:
         raise ValueError(f"cannot make a Triton model name from served name {served_name!r}")
     return out
 

@@ -41,7 +41,36 @@ ARCHITECTURES: dict[str, Family] = {
     "ColBERTJinaRobertaModel": _colbert("jina_xlmr", matryoshka=(128, 96, 64)),
     "ColBERTLfm2Model": _colbert("lfm2"),
     "BertModel": Family("bi_encoder", "bert", BI_ENCODER, ("embed", "token_embed"), pooled=True),
+    # What BAAI/bge-m3's config.json says: served, as by vLLM, as a plain embedding model (no extra heads).
+    "XLMRobertaModel": Family("bi_encoder", "xlm-roberta", BI_ENCODER, ("embed", "token_embed"), pooled=True),
+    # BAAI/bge-m3 says XLMRobertaModel; vLLM and trilate need this override to load its two extra heads.
+    # SEED vLLM's /pooling default for it is token_embed (the ColBERT vectors), hence the order.
+    "BgeM3EmbeddingModel": Family(
+        "bge_m3", "xlm-roberta", BI_ENCODER, ("token_embed", "embed", "token_classify", "embed&token_classify"),
+        pooled=True,
+    ),
 }
+
+
+# config.json model_type(s) each backbone reads; Jina's rotary XLM-R says "xlm-roberta".
+_MODEL_TYPES = {"jina_xlmr": ("xlm-roberta",)}
+
+
+def _model_types(family: Family) -> tuple[str, ...]:
+    return _MODEL_TYPES.get(family.backbone, (family.backbone,))
+
+
+def _check_backbone(ckpt: Checkpoint, family: Family) -> None:
+    model_type = ckpt.config.get("model_type")
+    if model_type in _model_types(family):
+        return
+    fits = sorted(a for a, f in ARCHITECTURES.items() if model_type in _model_types(f))
+    hint = (f"; architectures for a {model_type!r} backbone: {', '.join(fits)} — pick one with "
+            "--hf-overrides '{\"architectures\": [\"NAME\"]}'") if fits else ""
+    raise CheckpointError(
+        f"{ckpt.architecture} needs a {family.backbone!r} backbone but {ckpt.path}/config.json says model_type "
+        f"{model_type!r}{hint}"
+    )
 
 
 def family_for(architecture: str) -> Family:
@@ -88,6 +117,10 @@ class ModelInfo:
     embedding_modes: bool = False  # ColBERT query/document conventions available
     has_pad_token: bool = True  # vLLM's score usage adds one token per pair when the tokenizer has one
     matryoshka_dimensions: tuple[int, ...] = ()  # `dimensions` a request may ask for
+    pooled_dim: int | None = None  # size of the pooled vector (None: the model has none)
+    sparse: bool = False  # per-position sparse weights (BGE-M3)
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
     hf_overrides: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -171,23 +204,44 @@ def _main_file_projection(ckpt: Checkpoint) -> DenseLayer | None:
 
 
 def _max_model_len(ckpt: Checkpoint, requested: int | None) -> int:
+    """The model's limit: its position table (a hard limit), capped by sentence-transformers'
+    ``max_seq_length`` unless ``--max-model-len`` asks for more (up to the hard limit)."""
     config = ckpt.config
     candidates = [config.get(k) for k in ("max_position_embeddings", "n_positions", "max_seq_len")]
-    derived = next((int(v) for v in candidates if isinstance(v, int) and v > 0), None)
-    if derived is not None and config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
-        derived -= 2  # positions start after the padding index
+    hard = next((int(v) for v in candidates if isinstance(v, int) and v > 0), None)
+    absolute = config.get("position_embedding_type", "absolute") == "absolute"
+    if hard is not None and absolute and config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        hard -= 2  # positions start after the padding index
     st_cfg = read_json_if_exists(ckpt.path / "sentence_bert_config.json") or {}
+    default = hard
     if isinstance(st_cfg.get("max_seq_length"), int):
-        derived = min(derived, st_cfg["max_seq_length"]) if derived else st_cfg["max_seq_length"]
-    if derived is None:
-        derived = 512
+        default = min(hard, st_cfg["max_seq_length"]) if hard else st_cfg["max_seq_length"]
+    if default is None:
+        default = 512
     if requested is None:
-        return derived
-    if requested < 1 or requested > derived:
+        return default
+    limit = hard or default
+    if requested < 1 or requested > limit:
         raise CheckpointError(
-            f"--max-model-len {requested} is out of range for {ckpt.path.name}: the model's limit is {derived} tokens"
+            f"--max-model-len {requested} is out of range for {ckpt.path.name}: the model's limit is {limit} tokens"
         )
     return requested
+
+
+def _bge_m3_colbert_dim(ckpt: Checkpoint, hidden: int) -> int:
+    """Rows of ``colbert_linear.pt`` (BGE-M3's multi-vector head); needs torch to read the .pt file."""
+    for name in ("colbert_linear.pt", "sparse_linear.pt"):
+        if not (ckpt.path / name).is_file():
+            raise CheckpointError(
+                f"{ckpt.path} has no {name}; BgeM3EmbeddingModel needs colbert_linear.pt and sparse_linear.pt "
+                "beside the backbone, as BAAI/bge-m3 ships them"
+            )
+    from .checkpoint import load_torch_state_dict
+
+    weight = load_torch_state_dict(ckpt.path / "colbert_linear.pt")["weight"]
+    if weight.shape[1] != hidden:
+        raise CheckpointError(f"{ckpt.path}/colbert_linear.pt expects {weight.shape[1]} inputs; hidden_size is {hidden}")
+    return int(weight.shape[0])
 
 
 def _has_pad_token(path: Path) -> bool:
@@ -202,6 +256,7 @@ def describe(
 ) -> ModelInfo:
     """Read everything the serving stack needs from a checkpoint, or fail with the fix."""
     family = family_for(ckpt.architecture)
+    _check_backbone(ckpt, family)
     config = ckpt.config
     if not any((ckpt.path / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
         pickled = [f for f in ("pytorch_model.bin", "model.bin") if (ckpt.path / f).is_file()]
@@ -248,6 +303,8 @@ def describe(
             f"{ckpt.path}: projection expects {projection[0].in_features} inputs but hidden_size is {hidden}"
         )
     dim = projection[-1].out_features if projection else hidden
+    if family.name == "bge_m3":
+        dim = _bge_m3_colbert_dim(ckpt, hidden)
     return ModelInfo(
         served_name=served_name,
         path=str(ckpt.path),
@@ -265,6 +322,10 @@ def describe(
         projection=tuple(projection),
         embedding_modes=embedding_modes,
         has_pad_token=_has_pad_token(ckpt.path),
+        pooled_dim=(hidden if family.name == "bge_m3" else dim) if family.pooled else None,
+        sparse=family.name == "bge_m3",
+        bos_token_id=config.get("bos_token_id"),
+        eos_token_id=config.get("eos_token_id"),
         matryoshka_dimensions=tuple(
             d for d in (config.get("matryoshka_dimensions") or family.matryoshka) if d <= dim
         ),

@@ -76,20 +76,24 @@ def model_configs(spec: ServeSpec, info: ModelInfo, options: BuildOptions):
     name = C.triton_name(info.served_name)
     card = info.to_json()
     preprocess = C.stage_name(name, "preprocess")
+    delay = options.max_queue_delay_us
     configs = [(stage_config(preprocess, C.PREPROCESS, max_batch_size=MAX_BATCH_SIZE,
-                             parameters={"model_card": card}), C.PREPROCESS.adapter)]
-    encoder_spec = C.encoder_spec(output_dim(info), info.pooled)
+                             parameters={"model_card": card}, max_queue_delay_us=delay), C.PREPROCESS.adapter)]
+    encoder_spec = C.encoder_spec(output_dim(info), info.pooled_dim, info.sparse)
     configs.append((stage_config(
         C.stage_name(name, "encoder"), encoder_spec, max_batch_size=MAX_BATCH_SIZE,
         parameters={"model_card": card, "dtype": spec.dtype, "max_batch_tokens": str(options.max_batch_tokens)},
         instance_kind="KIND_GPU" if options.device == "gpu" else "KIND_CPU",
-        instance_count=options.encoder_instances, max_queue_delay_us=options.max_queue_delay_us,
+        instance_count=options.encoder_instances, max_queue_delay_us=delay,
     ), encoder_spec.adapter))
+    if info.sparse:
+        configs.append((stage_config(C.stage_name(name, "sparse"), C.SPARSE, max_batch_size=MAX_BATCH_SIZE,
+                                     parameters={"model_card": card}, max_queue_delay_us=delay), C.SPARSE.adapter))
     query_pre = document_pre = preprocess
     if spec.colbert_score_modes:
         query_pre, document_pre = C.stage_name(name, "preprocess_query"), C.stage_name(name, "preprocess_document")
         for stage, mode in ((query_pre, "query"), (document_pre, "document")):
-            configs.append((stage_config(stage, C.PREPROCESS, max_batch_size=MAX_BATCH_SIZE,
+            configs.append((stage_config(stage, C.PREPROCESS, max_batch_size=MAX_BATCH_SIZE, max_queue_delay_us=delay,
                                          parameters={"model_card": card, "embedding_mode": mode}), C.PREPROCESS.adapter))
     configs.append((token_embed_ensemble(name, info, MAX_BATCH_SIZE), None))
     configs.append((score_ensemble(name, info, query_pre, document_pre), None))

@@ -81,6 +81,36 @@ def minilm_path() -> Path:
     return tiny_checkpoints.minilm_tokenizer_dir()
 
 
+@pytest.fixture(scope="session")
+def modernbert_colbert(tmp_path_factory) -> Path:
+    """Tiny lightonai/GTE-ModernColBERT-v1 layout (ModernBERT + PyLate files); serve with ColBERTModernBertModel."""
+    return tiny_checkpoints.write_modernbert_colbert(tmp_path_factory.mktemp("modernbert_colbert"))
+
+
+@pytest.fixture(scope="session")
+def jina_colbert(tmp_path_factory) -> Path:
+    """Tiny jinaai/jina-colbert-v2 layout (rotary XLM-R, its own weight names); serve with ColBERTJinaRobertaModel."""
+    return tiny_checkpoints.write_jina_colbert(tmp_path_factory.mktemp("jina_colbert"))
+
+
+@pytest.fixture(scope="session")
+def jina_colbert_twin(tmp_path_factory, jina_colbert) -> Path:
+    """The same weights in transformers' JinaEmbeddingsV3Model + PyLate layout: the oracles' copy."""
+    return tiny_checkpoints.write_jina_colbert_reference_twin(jina_colbert, tmp_path_factory.mktemp("jina_twin"))
+
+
+@pytest.fixture(scope="session")
+def lfm2_colbert(tmp_path_factory) -> Path:
+    """Tiny LiquidAI/LFM2-ColBERT-350M layout (LFM2 hybrid conv/attention + PyLate files)."""
+    return tiny_checkpoints.write_lfm2_colbert(tmp_path_factory.mktemp("lfm2_colbert"))
+
+
+@pytest.fixture(scope="session")
+def bge_m3(tmp_path_factory) -> Path:
+    """Tiny BAAI/bge-m3 layout (XLM-R + colbert_linear.pt + sparse_linear.pt); serve with BgeM3EmbeddingModel."""
+    return tiny_checkpoints.write_bge_m3(tmp_path_factory.mktemp("bge_m3"))
+
+
 # --------------------------------------------------------------------------------------------------
 # Servers
 # --------------------------------------------------------------------------------------------------

@@ -42,10 +42,16 @@ in float32.
   vocabulary: skiplist words that map to ``unk_token_id`` are dropped from the skiplist (pylate
   would drop every UNK document token), and no ``strip()``.
 * :func:`st_mean_pooled` -- ``SentenceTransformer(path).encode`` (all-MiniLM-L6-v2 known answer).
+* :func:`hf_backbone_colbert_token_embeddings` -- vLLM's test method for every ColBERT backbone (BERT,
+  ModernBERT, LFM2, Jina XLM-R via transformers' ``JinaEmbeddingsV3Model``).  ``pylate_encode`` works
+  unchanged on the ModernBERT and LFM2 PyLate folders and on the Jina twin of ``tiny_checkpoints``.
+* :func:`jina_xlmr_reference_hidden` -- an independent re-implementation of the Jina XLM-R encoder from
+  ``vllm_semantics.md`` section 3.4.1, reading the jina-colbert-v2 checkpoint names directly.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -222,3 +228,250 @@ def st_mean_pooled(path: str | Path, texts: Sequence[str]) -> np.ndarray:
 
     model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
     return np.asarray(model.encode(list(texts), convert_to_numpy=True), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Non-BERT backbones (ModernBERT, Jina XLM-R, LFM2): vLLM's HF test method + an independent
+# re-implementation of the Jina XLM-R encoder
+# --------------------------------------------------------------------------------------------
+
+__all__ += [  # extends the list at the top of the module
+    "hf_backbone_colbert_token_embeddings",
+    "jina_xlmr_reference_hidden",
+]
+
+
+def _config_json(path: Path) -> dict:
+    return json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+
+
+def _is_jina_checkpoint(config: dict) -> bool:
+    """jina-colbert-v2 layout: ``XLMRobertaFlashConfig`` (model_type ``xlm-roberta``) with rotary positions."""
+    model_type = config.get("model_type")
+    return model_type in ("xlm-roberta", "xlm_roberta") and config.get("position_embedding_type") == "rotary"
+
+
+def _jina_embeddings_v3_config(config: dict):
+    """A ``JinaEmbeddingsV3Config`` equal to a jina-colbert-v2 ``config.json`` (rope theta set explicitly)."""
+    from transformers import JinaEmbeddingsV3Config
+
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    if config.get("rotary_emb_dim") not in (None, head_dim):
+        raise ValueError("partial rotary (rotary_emb_dim < head_dim) is not expressible as JinaEmbeddingsV3Config")
+    return JinaEmbeddingsV3Config(
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        num_hidden_layers=config["num_hidden_layers"],
+        num_attention_heads=config["num_attention_heads"],
+        intermediate_size=config["intermediate_size"],
+        hidden_act=config.get("hidden_act", "gelu"),
+        max_position_embeddings=config.get("max_position_embeddings", 8194),
+        type_vocab_size=config.get("type_vocab_size", 1),
+        layer_norm_eps=config.get("layer_norm_eps", 1e-5),
+        pad_token_id=config.get("pad_token_id", 1),
+        bos_token_id=config.get("bos_token_id", 0),
+        eos_token_id=config.get("eos_token_id", 2),
+        rope_parameters={"rope_type": "default", "rope_theta": float(config.get("rotary_emb_base", 10000.0))},
+    )
+
+
+def _hf_backbone_any(path: Path):
+    """The transformers backbone vLLM's test compares against, in fp32 / eager attention, with a check
+    that no backbone weight was left at its random initialisation.
+
+    * BERT (``model_type "bert"``, Stanford ``HF_ColBERT`` or PyLate): :func:`_hf_backbone`.
+    * Jina XLM-R (``xlm-roberta`` + ``position_embedding_type "rotary"``): vLLM's test loads Jina's remote
+      code, which cannot run here; instead ``JinaEmbeddingsV3Model.from_pretrained(path, config=...)``
+      with the config translated from the checkpoint's (``rotary_emb_base`` -> ``rope_theta``), letting
+      transformers' own ``jina_embeddings_v3`` conversion mapping rename the checkpoint's keys
+      (``roberta.`` prefix, ``emb_ln``, ``mixer.Wqkv`` split into q/k/v, ``norm1``/``norm2``); the top-level
+      ``linear.weight`` is reported as unexpected and ignored.  Its math is checked against
+      :func:`jina_xlmr_reference_hidden` by ``tests/check_issue4_fixtures.py``.
+    * anything else (ModernBERT, LFM2, a ``JinaEmbeddingsV3Model`` twin): ``AutoModel.from_pretrained``.
+    """
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    path = Path(path)
+    config = _config_json(path)
+    if config.get("model_type") == "bert":
+        return _hf_backbone(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        if _is_jina_checkpoint(config):
+            from transformers import JinaEmbeddingsV3Model
+
+            model, info = JinaEmbeddingsV3Model.from_pretrained(
+                str(path),
+                config=_jina_embeddings_v3_config(config),
+                dtype=torch.float32,
+                attn_implementation="eager",
+                output_loading_info=True,
+            )
+        else:
+            model, info = AutoModel.from_pretrained(
+                str(path), dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+            )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = [key for key in info.get("missing_keys", []) if "position_ids" not in key]
+    if missing:
+        raise RuntimeError(f"backbone weights missing from {path}: {sorted(missing)[:5]}")
+    return model.eval()
+
+
+def hf_backbone_colbert_token_embeddings(path: str | Path, texts: Sequence[str]) -> list[np.ndarray]:
+    """Per-token ColBERT vectors the way vLLM's ``test_colbert.py`` computes them, for any of the
+    ColBERT backbones (BERT, ModernBERT, Jina XLM-R, LFM2, or a ``JinaEmbeddingsV3Model`` twin).
+
+    For each text separately: ``AutoTokenizer(path)(text)`` (special tokens on, no truncation, no
+    marker, no expansion, no skiplist), the transformers backbone of :func:`_hf_backbone_any` in fp32
+    (eager attention) fed with the tokenizer outputs its ``forward`` names (ModernBERT / LFM2 / Jina get
+    ``input_ids`` + ``attention_mask``; BERT also ``token_type_ids``), ``last_hidden_state @ W.T`` with
+    ``W`` = ``linear.weight`` from the root ``model.safetensors`` or the PyLate Dense folder
+    (:func:`colbert_projection_weight`), then per-token L2 normalisation.  Returns one float32 array
+    ``(n_tokens, dim)`` per text.  (LFM2 runs causal, exactly as transformers' ``Lfm2Model`` and vLLM do.)
+    """
+    import inspect
+
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = _hf_backbone_any(path)
+    weight = colbert_projection_weight(path)
+    accepted = set(inspect.signature(model.forward).parameters)
+    out: list[np.ndarray] = []
+    with torch.inference_mode():
+        for text in texts:
+            encoded = tokenizer(text, return_tensors="pt")
+            inputs = {key: value for key, value in encoded.items() if key in accepted}
+            hidden = model(**inputs).last_hidden_state[0].to(torch.float32)
+            vectors = torch.nn.functional.normalize(hidden @ weight.T, p=2, dim=-1)
+            out.append(vectors.numpy().astype(np.float32))
+    return out
+
+
+def _jina_activation(name: str):
+    """The MLP activation the Jina flash code / vLLM use for ``hidden_act`` (erf GELU for ``"gelu"``)."""
+    if name == "gelu":
+        return lambda x: 0.5 * x * (1.0 + torch.special.erf(x / np.sqrt(2.0)))
+    if name in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
+        return lambda x: 0.5 * x * (1.0 + torch.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+    if name == "relu":
+        return torch.relu
+    raise ValueError(f"unsupported hidden_act {name!r}")
+
+
+def jina_xlmr_reference_hidden(
+    path: str | Path, texts: Sequence[str], *, dtype: torch.dtype = torch.float64
+) -> list[np.ndarray]:
+    """``last_hidden_state`` of a jina-colbert-v2-layout checkpoint, re-implemented from the spec of
+    ``vllm_semantics.md`` section 3.4.1 (no transformers model class involved), one text at a time.
+
+    Reads ``config.json`` and the checkpoint's own tensor names (``roberta.`` prefix optional) and
+    computes, in ``dtype`` (float64 by default), for ``AutoTokenizer(path)(text)`` ids:
+
+    * embeddings: ``word_embeddings[ids]`` + ``token_type_embeddings[0]`` (when ``type_vocab_size > 0``;
+      token types are all 0) -> LayerNorm ``emb_ln`` (eps ``layer_norm_eps``); no absolute positions;
+    * per layer (post-LN): ``qkv = h @ Wqkv.T + b``, rows split q | k | v, heads of
+      ``head_dim = hidden / heads``; rotary on the first ``rotary_emb_dim`` (default: all) dims of each
+      q/k head, NeoX layout (the two halves of the rotated slice pair up: ``x*cos + rotate_half(x)*sin``),
+      ``inv_freq = base^(-2i/rotary_dim)``, ``base = rotary_emb_base`` (10000 when absent), positions
+      0..n-1; softmax(q k^T / sqrt(head_dim)) v; ``h = norm1(h + out_proj(attn))``;
+      ``h = norm2(h + fc2(act(fc1(h))))`` with ``act`` = erf GELU for ``"gelu"`` (tanh GELU for
+      ``gelu_new``/``gelu_fast``/``gelu_pytorch_tanh``);
+    * the pooler is not used.
+
+    Returns float32 arrays ``(n_tokens, hidden)``.
+    """
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    config = _config_json(path)
+    with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
+        raw = {key: handle.get_tensor(key) for key in handle.keys()}
+    weights = {key.removeprefix("roberta."): value.to(dtype) for key, value in raw.items()}
+    hidden = config["hidden_size"]
+    heads = config["num_attention_heads"]
+    head_dim = hidden // heads
+    rotary_dim = int(config.get("rotary_emb_dim") or head_dim)
+    base = float(config.get("rotary_emb_base", 10000.0))
+    eps = float(config.get("layer_norm_eps", 1e-5))
+    act = _jina_activation(config.get("hidden_act", "gelu"))
+
+    def layer_norm(x: torch.Tensor, name: str) -> torch.Tensor:
+        mean = x.mean(-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + eps) * weights[f"{name}.weight"] + weights[f"{name}.bias"]
+
+    def linear(x: torch.Tensor, name: str) -> torch.Tensor:
+        return x @ weights[f"{name}.weight"].T + weights[f"{name}.bias"]
+
+    def rotary(x: torch.Tensor) -> torch.Tensor:  # x: [heads, n, head_dim]
+        n = x.shape[1]
+        inv_freq = base ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
+        angles = torch.arange(n, dtype=torch.float64)[:, None] * inv_freq[None, :]
+        cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(dtype)
+        sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(dtype)
+        rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+        half = rotary_dim // 2
+        rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
+        return torch.cat([rot * cos + rotated * sin, rest], dim=-1)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    out: list[np.ndarray] = []
+    for text in texts:
+        ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+        n = ids.shape[0]
+        h = weights["embeddings.word_embeddings.weight"][ids]
+        if config.get("type_vocab_size", 1) > 0 and "embeddings.token_type_embeddings.weight" in weights:
+            h = h + weights["embeddings.token_type_embeddings.weight"][0]
+        h = layer_norm(h, "emb_ln")
+        for i in range(config["num_hidden_layers"]):
+            p = f"encoder.layers.{i}."
+            q, k, v = linear(h, p + "mixer.Wqkv").split(hidden, dim=-1)
+            q, k, v = (t.reshape(n, heads, head_dim).transpose(0, 1) for t in (q, k, v))
+            q, k = rotary(q), rotary(k)
+            scores = (q @ k.transpose(-1, -2)) / np.sqrt(head_dim)
+            attn = torch.softmax(scores, dim=-1) @ v  # [heads, n, head_dim]
+            attn = attn.transpose(0, 1).reshape(n, hidden)
+            h = layer_norm(h + linear(attn, p + "mixer.out_proj"), p + "norm1")
+            h = layer_norm(h + linear(act(linear(h, p + "mlp.fc1")), p + "mlp.fc2"), p + "norm2")
+        out.append(h.to(torch.float32).numpy())
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# BGE-M3: FlagEmbedding (oracles.md section 2)
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _flag_model(path: str, colbert_dim: int):
+    from FlagEmbedding import BGEM3FlagModel
+
+    return BGEM3FlagModel(path, use_fp16=False, devices="cpu", colbert_dim=colbert_dim)
+
+
+def flag_m3_encode(path, texts, *, colbert_dim: int = 16) -> dict:
+    """``BGEM3FlagModel(path, use_fp16=False, devices="cpu").encode`` with all three outputs:
+    ``dense`` (n, hidden), ``lexical`` (list of {token_id: weight}), ``colbert`` (list of (n_i - 1, dim))."""
+    model = _flag_model(str(path), colbert_dim)
+    out = model.encode(list(texts), return_dense=True, return_sparse=True, return_colbert_vecs=True)
+    lexical = [{int(k): float(v) for k, v in d.items()} for d in out["lexical_weights"]]
+    return {"dense": np.asarray(out["dense_vecs"]), "lexical": lexical, "colbert": [np.asarray(c) for c in out["colbert_vecs"]]}
+
+
+def flag_m3_scores(path, pairs, *, weights=(1.0, 1.0, 1.0), colbert_dim: int = 16) -> dict[str, list[float]]:
+    """FlagEmbedding ``compute_score`` on (query, passage) pairs, one pair per call (no padding
+    candidates): keys dense, sparse, colbert, sparse+dense, colbert+sparse+dense."""
+    model = _flag_model(str(path), colbert_dim)
+    result: dict[str, list[float]] = {}
+    for pair in pairs:
+        scores = model.compute_score([pair], weights_for_different_modes=list(weights))
+        for key, values in scores.items():
+            result.setdefault(key, []).append(float(values[0]))
+    return result

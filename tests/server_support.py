@@ -15,6 +15,20 @@ DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
 STANFORD = "tiny/stanford-colbert"
 PYLATE = "tiny/pylate-colbert"  # served with ColBERT query/document scoring
 PYLATE_VLLM = "tiny/pylate-colbert-vllm"  # the same checkpoint, vLLM's symmetric scoring
+MODERNBERT = "tiny/modernbert-colbert"
+JINA = "tiny/jina-colbert"
+LFM2 = "tiny/lfm2-colbert"
+BGE_M3 = "tiny/bge-m3"
+
+# Every late-interaction model the test server serves: served name -> (checkpoint fixture, reference
+# checkpoint fixture for PyLate's conventions, architecture).
+COLBERTS = {
+    STANFORD: ("stanford_colbert", "stanford_colbert", "HF_ColBERT"),
+    PYLATE_VLLM: ("pylate_colbert", "pylate_colbert", "HF_ColBERT"),
+    MODERNBERT: ("modernbert_colbert", "modernbert_colbert", "ColBERTModernBertModel"),
+    JINA: ("jina_colbert", "jina_colbert_twin", "ColBERTJinaRobertaModel"),
+    LFM2: ("lfm2_colbert", "lfm2_colbert", "ColBERTLfm2Model"),
+}
 
 
 def free_ports(n: int) -> list[int]:
@@ -29,15 +43,24 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def arch(name: str) -> dict:
+    return {"architectures": [name]}
+
+
 @pytest.fixture(scope="session")
-def triton_server(tmp_path_factory, stanford_colbert, pylate_colbert):
+def triton_server(tmp_path_factory, stanford_colbert, pylate_colbert, modernbert_colbert, jina_colbert, lfm2_colbert,
+                  bge_m3):
     root = tmp_path_factory.mktemp("server")
-    override = {"architectures": ["HF_ColBERT"]}
     specs = [
         ServeSpec(model=DEFAULT),
         ServeSpec(model=str(stanford_colbert), served_name=STANFORD),
-        ServeSpec(model=str(pylate_colbert), served_name=PYLATE, hf_overrides=override, colbert_score_modes=True),
-        ServeSpec(model=str(pylate_colbert), served_name=PYLATE_VLLM, hf_overrides=override),
+        ServeSpec(model=str(pylate_colbert), served_name=PYLATE, hf_overrides=arch("HF_ColBERT"),
+                  colbert_score_modes=True),
+        ServeSpec(model=str(pylate_colbert), served_name=PYLATE_VLLM, hf_overrides=arch("HF_ColBERT")),
+        ServeSpec(model=str(modernbert_colbert), served_name=MODERNBERT, hf_overrides=arch("ColBERTModernBertModel")),
+        ServeSpec(model=str(jina_colbert), served_name=JINA, hf_overrides=arch("ColBERTJinaRobertaModel")),
+        ServeSpec(model=str(lfm2_colbert), served_name=LFM2, hf_overrides=arch("ColBERTLfm2Model")),
+        ServeSpec(model=str(bge_m3), served_name=BGE_M3, hf_overrides=arch("BgeM3EmbeddingModel")),
     ]
     # A queue delay makes concurrent requests meet in one dynamic batch, which the tests rely on.
     build_repository(specs, root / "repo", BuildOptions(max_queue_delay_us=20000))

@@ -378,8 +378,8 @@ def padded(vectors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 def maxsim_request(pb, queries: list[np.ndarray], documents: list[np.ndarray]):
     q, qn = padded(queries)
     d, dn = padded(documents)
-    return pb.InferenceRequest([pb.Tensor(C.QUERY_EMBEDDINGS, q), pb.Tensor(C.QUERY_NUM_TOKENS, qn),
-                                pb.Tensor(C.DOCUMENT_EMBEDDINGS, d), pb.Tensor(C.DOCUMENT_NUM_TOKENS, dn)],
+    return pb.InferenceRequest([pb.Tensor(C.QUERY_TOKEN_EMBEDDINGS, q), pb.Tensor(C.QUERY_NUM_TOKENS, qn),
+                                pb.Tensor(C.DOCUMENT_TOKEN_EMBEDDINGS, d), pb.Tensor(C.DOCUMENT_NUM_TOKENS, dn)],
                                requested_output_names=[C.SCORES])
 
 
@@ -440,8 +440,8 @@ def test_maxsim_pairing_error_fails_only_its_request(pb, adapters, colbert_vecto
 def test_maxsim_without_documents_names_the_missing_side(pb, adapters, colbert_vectors):
     queries, _ = colbert_vectors
     q, qn = padded(queries[:1])
-    request = pb.InferenceRequest([pb.Tensor(C.QUERY_EMBEDDINGS, q), pb.Tensor(C.QUERY_NUM_TOKENS, qn),
-                                   pb.Tensor(C.DOCUMENT_EMBEDDINGS, np.zeros((0, 0, 16), np.float32)),
+    request = pb.InferenceRequest([pb.Tensor(C.QUERY_TOKEN_EMBEDDINGS, q), pb.Tensor(C.QUERY_NUM_TOKENS, qn),
+                                   pb.Tensor(C.DOCUMENT_TOKEN_EMBEDDINGS, np.zeros((0, 0, 16), np.float32)),
                                    pb.Tensor(C.DOCUMENT_NUM_TOKENS, np.zeros((0, 1), np.int32))])
     (response,) = adapters(C.MAXSIM_MODEL).execute([request])
     assert_invalid_arg(pb, response, "At least one text_pair element must be given")

@@ -382,7 +382,9 @@ def test_bin_only_colbert_weights_are_refused_naming_the_bin_file(tmp_path, stan
         load_encoder(describe(open_checkpoint(path), "s"))
 
 
-def test_requested_max_model_len_past_the_model_limit_is_refused(minilm_path):
-    with pytest.raises(CheckpointError, match="256"):
-        describe(open_checkpoint(minilm_path), "m", max_model_len=257)
+def test_max_model_len_defaults_to_sentence_transformers_and_stops_at_the_position_table(minilm_path):
+    assert describe(open_checkpoint(minilm_path), "m").max_model_len == 256  # max_seq_length
     assert describe(open_checkpoint(minilm_path), "m", max_model_len=128).max_model_len == 128
+    assert describe(open_checkpoint(minilm_path), "m", max_model_len=512).max_model_len == 512
+    with pytest.raises(CheckpointError, match="512"):
+        describe(open_checkpoint(minilm_path), "m", max_model_len=513)

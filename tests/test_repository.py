@@ -110,7 +110,7 @@ def test_rebuilding_with_fewer_models_removes_the_stale_ones_only(tmp_path, stan
     build_repository([ServeSpec(model=str(stanford_colbert), served_name="tiny/stanford-colbert")], tmp_path)
     names = {p.name for p in tmp_path.iterdir() if p.is_dir()}
     assert names == {"tiny--stanford-colbert", "tiny--stanford-colbert__preprocess", "tiny--stanford-colbert__encoder",
-                     "tiny--stanford-colbert__score", C.MAXSIM_MODEL, C.COSINE_MODEL}
+                     "tiny--stanford-colbert__score", *C.SHARED_STAGES}
     assert (tmp_path / "README.md").read_text() == "kept\n"
 
 

@@ -12,6 +12,7 @@ from .types import (
     PoolingResult,
     RerankResult,
     ScoreResult,
+    SparseEmbedding,
     TokenizeResult,
     Usage,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "PoolingResult",
     "RerankResult",
     "ScoreResult",
+    "SparseEmbedding",
     "TokenizeResult",
     "Usage",
 ]

@@ -34,13 +34,13 @@ from .types import (
     RerankResult,
     ScoreItem,
     ScoreResult,
+    SparseEmbedding,
     TokenizeResult,
     Usage,
 )
 
 # Texts per Triton request; must not exceed the repository's max_batch_size.
 CHUNK = 128
-POOLING_TASKS = ("token_embed", "embed")
 
 
 def _text_list(value: Any, what: str) -> list[str]:
@@ -214,23 +214,50 @@ class TrilateClient:
                   C.PARAM_ADD_SPECIAL_TOKENS: add_special_tokens, C.PARAM_DIMENSIONS: dimensions}
         items: list[PoolingItem] = []
         prompt = 0
-        if task == "embed":
-            outs = (C.EMBEDDINGS, C.PROMPT_TOKENS)
-        else:
-            outs = (C.TOKEN_EMBEDDINGS, C.NUM_TOKENS, C.PROMPT_TOKENS)
+        outs = {
+            "embed": (C.EMBEDDINGS,),
+            "token_embed": (C.TOKEN_EMBEDDINGS, C.NUM_TOKENS),
+            "token_classify": (C.SPARSE_WEIGHTS, C.NUM_SPARSE_WEIGHTS),
+            "embed&token_classify": (C.EMBEDDINGS, C.SPARSE_WEIGHTS, C.NUM_SPARSE_WEIGHTS),
+        }[task] + (C.PROMPT_TOKENS,)
         for lo, out in self._encode(card, texts, outs, params):
             prompt += int(out[C.PROMPT_TOKENS].sum())
             for i in range(out[C.PROMPT_TOKENS].shape[0]):
-                if task == "embed":
-                    data = out[C.EMBEDDINGS][i]
-                else:
-                    data = out[C.TOKEN_EMBEDDINGS][i, : int(out[C.NUM_TOKENS][i, 0])]
+                parts = []
+                if C.EMBEDDINGS in out:
+                    parts.append(out[C.EMBEDDINGS][i])
+                if C.TOKEN_EMBEDDINGS in out:
+                    parts.append(out[C.TOKEN_EMBEDDINGS][i, : int(out[C.NUM_TOKENS][i, 0])])
+                if C.SPARSE_WEIGHTS in out:
+                    parts.append(out[C.SPARSE_WEIGHTS][i, : int(out[C.NUM_SPARSE_WEIGHTS][i, 0])])
+                data = parts[0] if len(parts) == 1 else np.concatenate(parts)
                 items.append(PoolingItem(index=lo + i, data=np.ascontiguousarray(data)))
         return PoolingResult(model=card.served_name, task=task, data=items, usage=Usage(prompt, prompt))
 
     def token_embed(self, model: str | None, input: str | Sequence[str], **kwargs) -> list[np.ndarray]:
         """Per-token vectors, one (n_tokens, dim) array per input."""
         return [item.data for item in self.pooling(model, input, task="token_embed", **kwargs).data]
+
+    def lexical_weights(self, model: str | None, input: str | Sequence[str], **kwargs) -> list[SparseEmbedding]:
+        """BGE-M3's lexical weights aggregated as FlagEmbedding does (max per token id, special tokens and
+        zero weights dropped), with each token's string: no ``tokenize`` round trip needed."""
+        card = self.model(model)
+        if "token_classify" not in card.tasks:
+            raise UnsupportedTaskError(f"Unsupported task: 'token_classify' Supported tasks: {list(card.tasks)}",
+                                       param="task")
+        texts = _text_list(input, "input")
+        if not texts:
+            raise InvalidInputError("input must not be empty", param="input")
+        params = {C.PARAM_TRUNCATE_PROMPT_TOKENS: kwargs.get("truncate_prompt_tokens"),
+                  C.PARAM_TRUNCATION_SIDE: kwargs.get("truncation_side")}
+        result = []
+        for _, out in self._encode(card, texts, (C.LEXICAL_IDS, C.LEXICAL_WEIGHTS, C.LEXICAL_TOKENS, C.NUM_LEXICAL), params):
+            for i in range(out[C.NUM_LEXICAL].shape[0]):
+                k = int(out[C.NUM_LEXICAL][i, 0])
+                tokens = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in out[C.LEXICAL_TOKENS][i, :k]]
+                result.append(SparseEmbedding(token_ids=[int(t) for t in out[C.LEXICAL_IDS][i, :k]],
+                                              weights=[float(w) for w in out[C.LEXICAL_WEIGHTS][i, :k]], tokens=tokens))
+        return result
 
     def embed(
         self,
@@ -262,10 +289,15 @@ class TrilateClient:
         truncate_prompt_tokens: int | None = None,
         use_activation: bool | None = None,
         dimensions: int | None = None,
+        score_mode: str | None = None,
+        score_weights: Sequence[float] | None = None,
     ) -> ScoreResult:
         """vLLM's ``/score``: 1:1, 1:N (first side broadcast) or N:N (zipped) pairs, in pair order.
 
         Late-interaction models score with MaxSim (sum over query tokens), bi-encoders with cosine.
+        BGE-M3 takes ``score_mode`` ("dense" by default, as vLLM; "sparse", "colbert", "sparse+dense",
+        "colbert+sparse+dense") and ``score_weights`` (dense, sparse, colbert) as FlagEmbedding's
+        ``compute_score`` does.
         """
         card = self.model(model)
         queries = _text_list(text_1, "text_1")
@@ -278,6 +310,12 @@ class TrilateClient:
             raise InvalidInputError("Input lengths must be either 1:1, 1:N or N:N")
         params = {C.PARAM_TRUNCATE_PROMPT_TOKENS: truncate_prompt_tokens, C.PARAM_USE_ACTIVATION: use_activation,
                   C.PARAM_DIMENSIONS: dimensions, C.PARAM_PURPOSE: "score"}
+        if score_mode is not None or score_weights is not None:
+            if "token_classify" not in card.tasks:
+                raise InvalidInputError("score_mode and score_weights are for BGE-M3 models", param="score_mode")
+            params[C.PARAM_SCORE_MODE] = score_mode
+            if score_weights is not None:
+                params[C.PARAM_SCORE_WEIGHTS] = ",".join(str(float(w)) for w in score_weights)
         scores: list[float] = []
         prompt = 0
         pad = 1 if card.has_pad_token else 0
@@ -306,6 +344,8 @@ class TrilateClient:
         truncate_prompt_tokens: int | None = None,
         use_activation: bool | None = None,
         dimensions: int | None = None,
+        score_mode: str | None = None,
+        score_weights: Sequence[float] | None = None,
     ) -> RerankResult:
         """vLLM's ``/rerank``: documents sorted by score (stable), cut to ``top_n`` when 0 < top_n < N."""
         if not isinstance(query, str):
@@ -314,7 +354,8 @@ class TrilateClient:
         if not docs:
             raise InvalidInputError("At least one text_pair element must be given", param="documents")
         result = self.score(model, query, docs, truncate_prompt_tokens=truncate_prompt_tokens,
-                            use_activation=use_activation, dimensions=dimensions)
+                            use_activation=use_activation, dimensions=dimensions, score_mode=score_mode,
+                            score_weights=score_weights)
         order = sorted(range(len(docs)), key=lambda i: -result.data[i].score)
         if top_n is not None and 0 < top_n < len(docs):
             order = order[:top_n]

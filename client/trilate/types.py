@@ -121,6 +121,18 @@ class RerankResult:
 
 
 @dataclass(frozen=True)
+class SparseEmbedding:
+    """Lexical weights of one text: parallel lists, in order of first occurrence."""
+
+    token_ids: list[int]
+    weights: list[float]
+    tokens: list[str]
+
+    def as_dict(self) -> dict[int, float]:
+        return dict(zip(self.token_ids, self.weights))
+
+
+@dataclass(frozen=True)
 class TokenizeResult:
     count: int
     max_model_len: int

@@ -15,4 +15,8 @@ def load_encoder(info: ModelInfo, device: str = "cpu", dtype: str = "auto"):
         from .bi_encoder import BiEncoder
 
         return BiEncoder(info, device=device, dtype=dtype)
+    if info.family == "bge_m3":
+        from .bge_m3 import BgeM3Encoder
+
+        return BgeM3Encoder(info, device=device, dtype=dtype)
     raise ValueError(f"no encoder for family {info.family!r}")

@@ -118,6 +118,7 @@ class Projection(torch.nn.Module):
 class ItemOutput:
     token_embeddings: np.ndarray | None  # (n_out, dim) float32
     embedding: np.ndarray | None  # (dim,) float32
+    token_weights: np.ndarray | None = None  # (n_positions,) float32, BGE-M3's sparse head
 
 
 def item_length(attention: np.ndarray, output: np.ndarray) -> int:
@@ -153,7 +154,8 @@ class Encoder:
         return tuple(layer.weight_key for layer in self.info.projection if layer.file == "model.safetensors")
 
     def head(self, hidden: torch.Tensor, attention: torch.Tensor, output: torch.Tensor,
-             want_tokens: bool, want_pooled: bool, normalize: bool, dimensions: int | None = None) -> ItemOutput:
+             want_tokens: bool, want_pooled: bool, normalize: bool, dimensions: int | None = None,
+             ids: torch.Tensor | None = None) -> ItemOutput:
         """One item's vectors from its fp32 hidden states (T, H).  Shapes in ``ItemOutput``.
 
         ``dimensions`` keeps the first values of each vector before normalising (matryoshka).
@@ -203,6 +205,7 @@ class Encoder:
                     hidden[row, :n], att_t[row, :n], out_mask, want_tokens, want_pooled,
                     True if normalize is None else bool(normalize[i]),
                     None if dimensions is None else dimensions[i],
+                    ids=ids_t[row, :n],
                 )
             start = stop
         return results  # type: ignore[return-value]

@@ -10,7 +10,7 @@ from .base import Encoder, ItemOutput
 
 
 class BiEncoder(Encoder):
-    def head(self, hidden, attention, output, want_tokens, want_pooled, normalize, dimensions=None) -> ItemOutput:
+    def head(self, hidden, attention, output, want_tokens, want_pooled, normalize, dimensions=None, ids=None) -> ItemOutput:
         tokens = pooled = None
         if want_tokens:
             tokens = self.finish(self.projection(hidden[output]), normalize, dimensions)

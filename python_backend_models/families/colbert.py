@@ -11,7 +11,7 @@ from .base import Encoder, ItemOutput
 
 
 class ColbertEncoder(Encoder):
-    def head(self, hidden, attention, output, want_tokens, want_pooled, normalize, dimensions=None) -> ItemOutput:
+    def head(self, hidden, attention, output, want_tokens, want_pooled, normalize, dimensions=None, ids=None) -> ItemOutput:
         if want_pooled:
             raise ValueError("ColBERT models have no pooled embedding")
         return ItemOutput(token_embeddings=self.finish(self.projection(hidden[output]), normalize, dimensions),

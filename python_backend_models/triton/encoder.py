@@ -50,7 +50,7 @@ class EncoderModel(StageModel):
                 items.append((ids[row], att[row], out[row]))
                 normalize.append(norm)
                 sizes.append(size)
-        if want_pooled and not self.info.pooled:
+        if self.info.pooled_dim is None:
             want_pooled = False
         results = []
         if items:
@@ -92,6 +92,12 @@ class EncoderModel(StageModel):
                         pb_utils.Tensor(C.NUM_TOKENS, np.zeros((n, 1), np.int32))]
         if want_pooled:
             outputs.append(pb_utils.Tensor(C.EMBEDDINGS, np.stack([r.embedding for r in results]).astype(np.float32)))
-        elif self.info.pooled:
-            outputs.append(pb_utils.Tensor(C.EMBEDDINGS, np.zeros((n, dim), np.float32)))
+        elif self.info.pooled_dim is not None:
+            outputs.append(pb_utils.Tensor(C.EMBEDDINGS, np.zeros((n, self.info.pooled_dim), np.float32)))
+        if self.info.sparse:
+            width = max((r.token_weights.shape[0] for r in results), default=0)
+            weights = np.zeros((n, width), dtype=np.float32)
+            for i, r in enumerate(results):
+                weights[i, : r.token_weights.shape[0]] = r.token_weights
+            outputs.append(pb_utils.Tensor(C.TOKEN_WEIGHTS, weights))
         return pb_utils.InferenceResponse(output_tensors=outputs)
