@@ -374,47 +374,12 @@ def write_pylate_colbert(
         backbone.config.vocab_size = new_vocab
     backbone.save_pretrained(str(path), safe_serialization=True)
 
-    _write_json(
-        path / "modules.json",
-        [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
-        ],
-    )
-    _write_json(path / "sentence_bert_config.json", {"max_seq_length": 512, "do_lower_case": False})
-    _write_json(
-        path / "config_sentence_transformers.json",
-        {
-            "__version__": {"sentence_transformers": "5.3.0", "transformers": "5.3.0", "pytorch": "2.13.0+cpu"},
-            "prompts": {"query": "", "document": ""},
-            "default_prompt_name": None,
-            "similarity_fn_name": "MaxSim",
-            "query_prefix": query_prefix,
-            "document_prefix": document_prefix,
-            "query_length": query_length,
-            "document_length": document_length,
-            "attend_to_expansion_tokens": attend_to_expansion_tokens,
-            "skiplist_words": list(skiplist_words),
-            "do_query_expansion": do_query_expansion,
-            "model_type": "ColBERT",
-        },
-    )
-    dense_dir = path / "1_Dense"
-    dense_dir.mkdir(exist_ok=True)
-    _write_json(
-        dense_dir / "config.json",
-        {
-            "in_features": HIDDEN,
-            "out_features": dim,
-            "bias": False,
-            "activation_function": "torch.nn.modules.linear.Identity",
-            "use_residual": False,
-        },
-    )
-    save_file(
-        {"linear.weight": _seeded_linear_weight(dim, HIDDEN, seed + 1000)},
-        str(dense_dir / "model.safetensors"),
-        metadata={"format": "pt"},
+    _write_pylate_module_files(
+        path, hidden=HIDDEN, dim=dim, seed=seed, query_prefix=query_prefix, document_prefix=document_prefix,
+        query_length=query_length, document_length=document_length, do_query_expansion=do_query_expansion,
+        attend_to_expansion_tokens=attend_to_expansion_tokens, skiplist_words=skiplist_words,
+        versions={"sentence_transformers": "5.3.0", "transformers": "5.3.0", "pytorch": "2.13.0+cpu"},
+        max_seq_length=512,
     )
     return path
 
@@ -492,6 +457,7 @@ def _write_pylate_module_files(
     skiplist_words: list[str] | None,
     versions: dict[str, str],
     projection: torch.Tensor | None = None,
+    max_seq_length: int | None = None,
 ) -> None:
     """``modules.json``, ``sentence_bert_config.json``, ``config_sentence_transformers.json`` and
     ``1_Dense/`` exactly as ``pylate.models.ColBERT.save()`` writes them (oracles.md section 1.7).
@@ -510,7 +476,9 @@ def _write_pylate_module_files(
             {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
         ],
     )
-    _write_json(path / "sentence_bert_config.json", {"max_seq_length": document_length - 1, "do_lower_case": False})
+    if max_seq_length is None:
+        max_seq_length = document_length - 1
+    _write_json(path / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
     _write_json(
         path / "config_sentence_transformers.json",
         {
