@@ -58,7 +58,9 @@ def triton_server(tmp_path_factory, stanford_colbert, pylate_colbert, modernbert
                   colbert_score_modes=True),
         ServeSpec(model=str(pylate_colbert), served_name=PYLATE_VLLM, hf_overrides=arch("HF_ColBERT")),
         ServeSpec(model=str(modernbert_colbert), served_name=MODERNBERT, hf_overrides=arch("ColBERTModernBertModel")),
-        ServeSpec(model=str(jina_colbert), served_name=JINA, hf_overrides=arch("ColBERTJinaRobertaModel")),
+        # The real jina-colbert-v2 offers 128/96/64; the tiny one (dim 16) is given 16 and 8.
+        ServeSpec(model=str(jina_colbert), served_name=JINA,
+                  hf_overrides={**arch("ColBERTJinaRobertaModel"), "matryoshka_dimensions": [16, 8]}),
         ServeSpec(model=str(lfm2_colbert), served_name=LFM2, hf_overrides=arch("ColBERTLfm2Model")),
         ServeSpec(model=str(bge_m3), served_name=BGE_M3, hf_overrides=arch("BgeM3EmbeddingModel")),
     ]

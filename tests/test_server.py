@@ -92,6 +92,21 @@ def test_scores_one_to_one_one_to_many_and_n_to_n_equal_maxsim_of_token_embeddin
     assert zipped == pytest.approx([maxsim(q_vecs[0], d_vecs[0]), maxsim(q_vecs[1], d_vecs[1])], rel=1e-4)
 
 
+def test_matryoshka_dimensions_on_jina_slice_then_normalise(client):
+    full = client.token_embed(JINA, DOCS[:2], use_activation=False)
+    small = client.token_embed(JINA, DOCS[:2], dimensions=8)
+    for f, s in zip(full, small):
+        assert s.shape == (f.shape[0], 8)
+        np.testing.assert_allclose(s, f[:, :8] / np.linalg.norm(f[:, :8], axis=1, keepdims=True), atol=1e-6)
+    q8 = client.token_embed(JINA, QUERY, dimensions=8)[0]
+    assert client.score(JINA, QUERY, DOCS[:2], dimensions=8).scores == pytest.approx(
+        [maxsim(q8, d) for d in small], rel=1e-4)
+    with pytest.raises(InvalidInputError, match=r"only supports \[16, 8\]"):
+        client.token_embed(JINA, QUERY, dimensions=12)
+    with pytest.raises(InvalidInputError, match="does not support matryoshka"):
+        client.token_embed(STANFORD, QUERY, dimensions=8)
+
+
 def test_one_to_many_equals_separate_one_to_one_calls(client):
     many = client.score(STANFORD, QUERY, DOCS).scores
     singles = [client.score(STANFORD, QUERY, d).scores[0] for d in DOCS]
