@@ -28,6 +28,10 @@ test: $(STAMP)
 repo: $(STAMP)
 	$(BIN)/trilate build-repo $(MODEL) --output model_repository
 
+# The REST front end's added latency over direct tritonclient calls (starts its own server).
+bench: $(STAMP)
+	$(BIN)/python bench/frontend_latency.py $(BENCH_ARGS)
+
 lock: $(STAMP)
 	{ echo "# Every package the project's environment holds, pinned. Regenerate with: make lock"; \
 	  $(BIN)/python -m pip freeze --all --exclude-editable | grep -v "^pip==" | sed 's/^torch==\(.*\)+cpu/torch==\1/'; } > requirements.lock

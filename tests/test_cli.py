@@ -45,9 +45,10 @@ def test_build_repo_reports_each_model(tmp_path, stanford_colbert):
 def test_serve_with_no_model_serves_the_default_model_until_interrupted(tmp_path):
     from trilate import TrilateClient
 
-    http, grpc, metrics = free_ports(3)
+    http, grpc, metrics, rest = free_ports(4)
     proc = subprocess.Popen(
         [TRILATE, "serve", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+         "--port", str(rest),
          "--model-repository", str(tmp_path / "repo")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )

@@ -89,6 +89,12 @@ def cmd_build_repo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from python_backend_models.server import ServerConfig, ServerError, TritonServer
 
+    frontend = None
+    if not args.no_frontend:
+        from .frontend import check_port_free, limits_from_args
+
+        limits = limits_from_args(args)
+        check_port_free(args.host, args.port)  # before minutes of model loading
     repo = Path(args.model_repository) if args.model_repository else Path(tempfile.mkdtemp(prefix="trilate-repo-"))
     infos = _build(args, repo)
     config = ServerConfig(model_repository=repo.resolve(), host=args.host, http_port=args.http_port,
@@ -107,16 +113,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for info in infos:
             print(f"trilate: serving {info.served_name!r} ({info.architecture}, {', '.join(info.tasks)}; "
                   f"scores: {info.score_type})", flush=True)
+        if not args.no_frontend:
+            from .frontend import FrontEnd, create_app
+
+            triton_url = server.grpc_url if args.frontend_protocol == "grpc" else server.http_url
+            app = create_app(triton_url, args.frontend_protocol, limits=limits,
+                             metrics_url=f"http://{config.host}:{config.metrics_port}/metrics")
+            frontend = FrontEnd(app, args.host, args.port, log_level=args.uvicorn_log_level).start()
+            print(f"trilate: REST API (vLLM-compatible) {frontend.url}  (OpenAPI page {frontend.url}/docs)",
+                  flush=True)
         print(f"trilate: ready. Triton HTTP http://{config.host}:{config.http_port}  gRPC {config.host}:{config.grpc_port}  "
               f"metrics http://{config.host}:{config.metrics_port}/metrics  (Ctrl-C stops)", flush=True)
         while not stop["now"] and server.process is not None and server.process.poll() is None:
+            if frontend is not None and not frontend.alive():
+                print("trilate: the REST front end stopped", file=sys.stderr)
+                return 1
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
-    except ServerError as exc:
+    except (ServerError, RuntimeError) as exc:
         print(f"trilate: {exc}", file=sys.stderr)
         return 1
     finally:
+        if frontend is not None:
+            frontend.stop()
         server.stop()
     return 0
 
@@ -134,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--model-repository", default=None, help="where to write the repository (default: a temp dir)")
     serve.add_argument("--log-verbose", type=int, default=0)
     serve.add_argument("--startup-timeout", type=float, default=600.0)
+    serve.add_argument("--port", type=int, default=8000,
+                       help="port of the vLLM-compatible REST front end (bound to --host)")
+    serve.add_argument("--no-frontend", action="store_true", help="run tritonserver only, no REST front end")
+    serve.add_argument("--frontend-protocol", default="grpc", choices=["grpc", "http"],
+                       help="how the REST front end talks to tritonserver")
+    from .frontend import add_limit_arguments
+
+    add_limit_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
     build = sub.add_parser("build-repo", help="write the model repository without serving")

@@ -60,6 +60,19 @@ def _text_list(value: Any, what: str) -> list[str]:
     return out
 
 
+def _check_ints(params: dict[str, Any]) -> dict[str, Any]:
+    """Integer options must be integers that fit a Triton request parameter (int64)."""
+    for name in (C.PARAM_TRUNCATE_PROMPT_TOKENS, C.PARAM_DIMENSIONS):
+        value = params.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise InvalidInputError(f"{name} must be an integer, got {value!r}", param=name)
+        if not -(2**63) <= int(value) < 2**63:
+            raise InvalidInputError(f"{name}={value} is out of range", param=name)
+    return params
+
+
 def _chunks(n: int, size: int = CHUNK):
     for start in range(0, n, size):
         yield start, min(n, start + size)
@@ -113,7 +126,7 @@ class TrilateClient:
             requested = [module.InferRequestedOutput(name, binary_data=True) for name in outputs]
         else:
             requested = [module.InferRequestedOutput(name) for name in outputs]
-        params = {k: v for k, v in (parameters or {}).items() if v is not None}
+        params = _check_ints({k: v for k, v in (parameters or {}).items() if v is not None})
         try:
             if self.protocol == "http":
                 result = self._triton().infer(model, infer_inputs, outputs=requested, parameters=params or None)

@@ -1,0 +1,310 @@
+"""Request and response bodies of the REST front end: vLLM's pooling-server schemas (0.18-0.20).
+
+Requests accept unknown fields and ignore them, as vLLM's do (``extra="allow"``).  Responses are
+declared for the OpenAPI page; the front end writes them itself (no response validation on the
+hot path), in vLLM's key order.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EncodingFormat = Literal["float", "base64", "bytes", "bytes_only"]
+EmbedDType = Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"]
+Endianness = Literal["native", "big", "little"]
+INT64_MAX = 2**63 - 1
+PoolingTask = Literal["embed", "classify", "token_embed", "token_classify", "embed&token_classify", "plugin"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# -- inputs of /score and /rerank ----------------------------------------------------------------------
+
+class ScoreMultiModalParam(_Request):
+    """``{"content": [parts]}``: OpenAI chat content parts (``text``, ``image_url``, ...)."""
+
+    content: list[dict[str, Any]]
+
+
+class TextDocument(_Request):
+    """A Jina / Cohere rerank document: ``{"text": "..."}`` (beyond vLLM; treated as the string)."""
+
+    text: str
+
+
+ScoreInput = str | ScoreMultiModalParam
+ScoreInputs = ScoreInput | list[ScoreInput]
+RerankDocumentInput = str | ScoreMultiModalParam | TextDocument
+
+
+class _Common(_Request):
+    """``PoolingBasicRequestMixin`` plus ``use_activation``."""
+
+    model: str | None = None
+    user: str | None = None
+    truncate_prompt_tokens: Annotated[int, Field(ge=-1, le=INT64_MAX)] | None = None
+    truncation_side: Literal["left", "right"] | None = None
+    request_id: str | None = Field(default=None, description="used in the response id when no X-Request-Id header is sent")
+    priority: int = Field(default=0, ge=-INT64_MAX - 1, le=INT64_MAX)
+    mm_processor_kwargs: dict[str, Any] | None = None
+    cache_salt: str | None = None
+    use_activation: bool | None = None
+
+
+class _Encoding(_Request):
+    encoding_format: EncodingFormat = "float"
+    embed_dtype: EmbedDType = "float32"
+    endianness: Endianness = "native"
+
+
+PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
+
+
+class _ScoreExtras(_Request):
+    """Beyond vLLM: BGE-M3's FlagEmbedding scores from one deployment."""
+
+    score_mode: Literal["dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense"] | None = Field(
+        default=None, description="BGE-M3 only (trilate extension): which FlagEmbedding score; default dense "
+                                  "(vLLM's cosine of dense vectors)")
+    score_weights: list[float] | None = Field(
+        default=None, description="BGE-M3 only (trilate extension): weights of dense, sparse, colbert")
+
+
+class ScoreRequest(_Common, _ScoreExtras):
+    """One of four field pairs names the two sides; side 1 is the query side (MaxSim is asymmetric)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "anyOf": [{"required": [first, second]} for first, second in PAIRS]})
+
+    queries: ScoreInputs | None = None
+    documents: ScoreInputs | None = None
+    items: ScoreInputs | None = None
+    data_1: ScoreInputs | None = None
+    data_2: ScoreInputs | None = None
+    text_1: ScoreInputs | None = None
+    text_2: ScoreInputs | None = None
+
+    @model_validator(mode="after")
+    def _one_pair(self):
+        if self.pair() is None:
+            raise ValueError("give one pair of fields: queries + documents, queries + items, data_1 + data_2 "
+                             "or text_1 + text_2")
+        return self
+
+    def pair(self) -> tuple[str, str] | None:
+        """The first complete pair, in vLLM's union order."""
+        for first, second in PAIRS:
+            if getattr(self, first) is not None and getattr(self, second) is not None:
+                return first, second
+        return None
+
+
+class RerankRequest(_Common, _ScoreExtras):
+    query: ScoreInput
+    documents: RerankDocumentInput | list[RerankDocumentInput]
+    top_n: int = Field(default=0, description="0 or less: every document")
+    return_documents: bool | None = Field(
+        default=None, description="Jina / Cohere: false leaves `document` out of each result (vLLM always sends it)")
+
+
+class PoolingRequest(_Common, _Encoding):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"anyOf": [{"required": ["input"]}, {"required": ["messages"]}]})
+
+    input: str | list[str] | list[int] | list[list[int]] | None = None
+    messages: list[dict[str, Any]] | None = None
+    task: PoolingTask | None = None
+    dimensions: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = Field(
+        default=None, description="matryoshka output size, on models trained for it (trilate extension on "
+                                  "/pooling; vLLM refuses it)")
+    add_special_tokens: bool | None = None
+
+    @model_validator(mode="after")
+    def _input_or_messages(self):
+        if self.input is None and self.messages is None:
+            raise ValueError("give `input` (text) or `messages` (chat)")
+        return self
+
+
+class EmbeddingRequest(_Common, _Encoding):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"anyOf": [{"required": ["input"]}, {"required": ["messages"]}]})
+
+    input: str | list[str] | list[int] | list[list[int]] | None = None
+    messages: list[dict[str, Any]] | None = None
+    dimensions: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = None
+    add_special_tokens: bool | None = None
+
+    @model_validator(mode="after")
+    def _input_or_messages(self):
+        if self.input is None and self.messages is None:
+            raise ValueError("give `input` (text) or `messages` (chat)")
+        return self
+
+
+class TokenizeRequest(_Request):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"anyOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    add_special_tokens: bool | None = None
+    return_token_strs: bool | None = False
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self):
+        if self.prompt is None and self.messages is None:
+            raise ValueError("give `prompt` (text) or `messages` (chat)")
+        return self
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[int]
+
+
+# -- responses (for the OpenAPI page) -----------------------------------------------------------------
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int | None = 0
+    prompt_tokens_details: None = None
+
+
+class ScoreResponseData(BaseModel):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[ScoreResponseData]
+    usage: UsageInfo
+
+
+class RerankDocument(BaseModel):
+    text: str | None = None
+    multi_modal: list[dict[str, Any]] | None = None
+
+
+class RerankResult(BaseModel):
+    index: int
+    document: RerankDocument | None = Field(default=None, description="left out when return_documents is false")
+    relevance_score: float
+
+
+class RerankUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    usage: RerankUsage
+    results: list[RerankResult]
+
+
+class PoolingResponseData(BaseModel):
+    index: int
+    object: Literal["pooling"] = "pooling"
+    data: list[list[float]] | list[float] | str
+
+
+class PoolingResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[PoolingResponseData]
+    usage: UsageInfo
+
+
+class EmbeddingResponseData(BaseModel):
+    index: int
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str
+
+
+class EmbeddingResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[EmbeddingResponseData]
+    usage: UsageInfo
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class ModelPermission(BaseModel):
+    id: str
+    object: Literal["model_permission"] = "model_permission"
+    created: int
+    allow_create_engine: bool = False
+    allow_sampling: bool = True
+    allow_logprobs: bool = True
+    allow_search_indices: bool = False
+    allow_view: bool = True
+    allow_fine_tuning: bool = False
+    organization: str = "*"
+    group: str | None = None
+    is_blocking: bool = False
+
+
+class ModelCardResponse(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    root: str | None = None
+    parent: str | None = None
+    max_model_len: int | None = None
+    permission: list[ModelPermission]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCardResponse]
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+class NotFoundResponse(BaseModel):
+    detail: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "bad request (vLLM's error envelope)"},
+    404: {"model": ErrorResponse | NotFoundResponse,
+          "description": "unknown model (envelope), or a route the model cannot serve ({\"detail\": \"Not Found\"})"},
+    413: {"model": ErrorResponse, "description": "request body larger than --max-request-bytes"},
+    500: {"model": ErrorResponse, "description": "internal error"},
+    501: {"model": ErrorResponse, "description": "not implemented for this deployment"},
+    503: {"model": ErrorResponse, "description": "tritonserver unavailable"},
+}
