@@ -25,12 +25,8 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -48,54 +44,6 @@ DOCS = [
     "The weather is sunny today.",
 ]
 BATCH = [f"{DOCS[i % len(DOCS)]} (sentence {i})" for i in range(32)]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-class Serve:
-    """``trilate serve`` in a subprocess, stopped on exit."""
-
-    def __init__(self, models: list[str], protocol: str, device: str):
-        self.port, http, grpc, metrics = free_ports(4)
-        self.rest_url = f"http://127.0.0.1:{self.port}"
-        self.triton_url = f"127.0.0.1:{grpc}" if protocol == "grpc" else f"127.0.0.1:{http}"
-        trilate = str(Path(sys.executable).parent / "trilate")
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [trilate, "serve", *models, "--port", str(self.port), "--http-port", str(http), "--grpc-port", str(grpc),
-             "--metrics-port", str(metrics), "--frontend-protocol", protocol, "--device", device,
-             "--uvicorn-log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        ready = threading.Event()
-
-        def drain():
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                if "trilate: ready" in line:
-                    ready.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        deadline = time.monotonic() + 600
-        while not ready.wait(0.5):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit("trilate serve did not start:\n" + "".join(self.lines[-30:]))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 class Direct:
@@ -194,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     from python_backend_models import contract as C
     from trilate import TrilateClient
+    from trilate.launch import ServeProcess
 
     server = None
     if args.rest_url:
@@ -202,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         rest_url, triton_url = args.rest_url, args.triton_url
     else:
         print(f"starting trilate serve {' '.join(args.serve or [args.model])} ...", file=sys.stderr, flush=True)
-        server = Serve(args.serve or [args.model], args.frontend_protocol, args.device)
-        rest_url, triton_url = server.rest_url, server.triton_url
+        server = ServeProcess([*(args.serve or [args.model]), "--frontend-protocol", args.frontend_protocol,
+                               "--device", args.device, "--uvicorn-log-level", "warning"])
+        rest_url = server.rest_url
+        triton_url = server.grpc_url if args.frontend_protocol == "grpc" else server.http_url
     try:
         lib = TrilateClient(triton_url, protocol=args.frontend_protocol)
         direct = Direct(triton_url, args.frontend_protocol, C.triton_name(args.model))

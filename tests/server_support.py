@@ -3,13 +3,13 @@ started once per test session (loading every model takes ~20 s on 2 cores)."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from python_backend_models.repository import BuildOptions, ServeSpec, build_repository
 from python_backend_models.server import ServerConfig, TritonServer
+from trilate.launch import free_ports
 
 DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
 STANFORD = "tiny/stanford-colbert"
@@ -29,18 +29,6 @@ COLBERTS = {
     JINA: ("jina_colbert", "jina_colbert_twin", "ColBERTJinaRobertaModel"),
     LFM2: ("lfm2_colbert", "lfm2_colbert", "ColBERTLfm2Model"),
 }
-
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 def arch(name: str) -> dict:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
-from server_support import free_ports
 
 TRILATE = str(Path(sys.executable).parent / "trilate")
 
@@ -44,33 +41,13 @@ def test_build_repo_reports_each_model(tmp_path, stanford_colbert):
 @pytest.mark.server
 def test_serve_with_no_model_serves_the_default_model_until_interrupted(tmp_path):
     from trilate import TrilateClient
+    from trilate.launch import ServeProcess
 
-    http, grpc, metrics, rest = free_ports(4)
-    proc = subprocess.Popen(
-        [TRILATE, "serve", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-         "--port", str(rest),
-         "--model-repository", str(tmp_path / "repo")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def drain():  # keep reading so tritonserver never blocks on a full pipe
-        for line in proc.stdout:
-            lines.append(line)
-            if "trilate: ready" in line:
-                ready.set()
-
-    threading.Thread(target=drain, daemon=True).start()
+    served = ServeProcess(["--model-repository", str(tmp_path / "repo")], timeout=300)
     try:
-        assert ready.wait(300), "".join(lines[-30:])
-        client = TrilateClient(f"127.0.0.1:{grpc}", protocol="grpc")
+        client = TrilateClient(served.grpc_url, protocol="grpc")
         vec = client.embed(None, "What is machine learning?").matrix()[0]
         assert vec.shape == (384,) and abs(vec[0] - (-0.0199545)) < 1e-6
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0
+        code = served.stop()
+    assert code == 0

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +22,10 @@ import httpx
 import numpy as np
 import pytest
 import references
-from server_support import free_ports
+from trilate.launch import ServeProcess
 
 pytestmark = pytest.mark.server
 
-TRILATE = str(Path(sys.executable).parent / "trilate")
 COLBERT = "answerdotai/answerai-colbert-small-v1"  # the seed's name; the tiny Stanford checkpoint behind it
 DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
 BGE_M3 = "BAAI/bge-m3"  # the seed's name; the tiny BGE-M3 checkpoint behind it
@@ -47,49 +43,19 @@ DOCS = [
 
 # -- the server (one process for this module and test_rest_fuzz.py) --------------------------------
 
-class RestServer:
+class RestServer(ServeProcess):
     def __init__(self, root: Path, stanford_colbert: Path, bge_m3: Path):
-        self.port, http, grpc, metrics = free_ports(4)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.grpc_url = f"127.0.0.1:{grpc}"
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [TRILATE, "serve", str(stanford_colbert), DEFAULT, str(bge_m3),
+        super().__init__(
+            [str(stanford_colbert), DEFAULT, str(bge_m3),
              "--served-model-name", COLBERT, DEFAULT, BGE_M3,
              "--hf-overrides", "{}", "--hf-overrides", "{}",
              "--hf-overrides", '{"architectures": ["BgeM3EmbeddingModel"]}',  # as the seed serves BAAI/bge-m3
-             "--port", str(self.port), "--http-port", str(http), "--grpc-port", str(grpc),
-             "--metrics-port", str(metrics), "--model-repository", str(root / "repo"),
+             "--model-repository", str(root / "repo"),
              "--max-items-per-request", str(MAX_ITEMS), "--max-request-bytes", str(MAX_BYTES),
              "--uvicorn-log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            timeout=300, env={"HF_HUB_OFFLINE": "1"},
         )
-        ready = threading.Event()
-
-        def drain():  # keep reading so tritonserver never blocks on a full pipe
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                if "trilate: ready" in line:
-                    ready.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        deadline = time.monotonic() + 300
-        while not ready.wait(0.5):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                errors = [line for line in self.lines if re.search(r"error|Error|Traceback", line)]
-                raise RuntimeError("trilate serve did not become ready:\n" + "".join(errors[:40] + self.lines[-20:]))
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+        self.url = self.rest_url
 
 
 _shared: dict[str, object] = {"server": None, "users": 0}

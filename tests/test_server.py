@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import references
-from server_support import BGE_M3, COLBERTS, DEFAULT, JINA, LFM2, MODERNBERT, PYLATE, PYLATE_VLLM, STANFORD
-from trilate import InvalidInputError, ModelNotFoundError, TrilateClient, UnsupportedTaskError
+from server_support import BGE_M3, COLBERTS, DEFAULT, JINA, PYLATE, PYLATE_VLLM, STANFORD
+from trilate import InvalidInputError, ModelNotFoundError, UnsupportedTaskError
 
 pytestmark = pytest.mark.server
 
