@@ -107,7 +107,6 @@ class ModelInfo:
     backbone: str
     score_type: str
     tasks: tuple[str, ...]
-    pooled: bool
     dim: int
     hidden_size: int
     max_model_len: int
@@ -123,12 +122,18 @@ class ModelInfo:
     eos_token_id: int | None = None
     hf_overrides: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def pooled(self) -> bool:
+        """The encoder also returns one pooled vector per text."""
+        return self.pooled_dim is not None
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelInfo":
         data = json.loads(text)
+        data.pop("pooled", None)  # cards written before it became derived
         data["tasks"] = tuple(data["tasks"])
         data["matryoshka_dimensions"] = tuple(data.get("matryoshka_dimensions", ()))
         data["projection"] = tuple(DenseLayer(**layer) for layer in data["projection"])
@@ -313,7 +318,6 @@ def describe(
         backbone=family.backbone,
         score_type=family.score_type,
         tasks=family.tasks,
-        pooled=family.pooled,
         dim=dim,
         hidden_size=hidden,
         max_model_len=_max_model_len(ckpt, max_model_len),
