@@ -73,6 +73,11 @@ def _check_ints(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _strings(array) -> list[str]:
+    """A BYTES tensor's elements as str."""
+    return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in array]
+
+
 def _chunks(n: int, size: int = CHUNK):
     for start in range(0, n, size):
         yield start, min(n, start + size)
@@ -267,7 +272,7 @@ class TrilateClient:
         for _, out in self._encode(card, texts, (C.LEXICAL_IDS, C.LEXICAL_WEIGHTS, C.LEXICAL_TOKENS, C.NUM_LEXICAL), params):
             for i in range(out[C.NUM_LEXICAL].shape[0]):
                 k = int(out[C.NUM_LEXICAL][i, 0])
-                tokens = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in out[C.LEXICAL_TOKENS][i, :k]]
+                tokens = _strings(out[C.LEXICAL_TOKENS][i, :k])
                 result.append(SparseEmbedding(token_ids=[int(t) for t in out[C.LEXICAL_IDS][i, :k]],
                                               weights=[float(w) for w in out[C.LEXICAL_WEIGHTS][i, :k]], tokens=tokens))
         return result
@@ -390,7 +395,7 @@ class TrilateClient:
         ids = [int(t) for t in out[C.INPUT_IDS][0, :n]]
         strs = None
         if return_token_strs:
-            strs = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in out[C.TOKEN_STRS][0, :n]]
+            strs = _strings(out[C.TOKEN_STRS][0, :n])
         return TokenizeResult(count=n, max_model_len=card.max_model_len, tokens=ids, token_strs=strs)
 
 

@@ -614,15 +614,14 @@ def create_app(
 
     errors = S.ERROR_RESPONSES
 
-    @app.post("/score", response_model=S.ScoreResponse, responses=errors, tags=["score"])
-    async def score(body: S.ScoreRequest, request: Request):
-        """Score pairs: 1:1, 1:N (side 1 broadcast) or N:N (zipped); results in pair order."""
-        return await run(service.score, body, _request_id(request, body))
+    score_doc = ("Score pairs: 1:1, 1:N (side 1 broadcast) or N:N (zipped); results in pair order. "
+                 "/v1/score is vLLM's deprecated alias.")
+    for path in ("/score", "/v1/score"):
+        async def score(body: S.ScoreRequest, request: Request):
+            return await run(service.score, body, _request_id(request, body))
 
-    @app.post("/v1/score", response_model=S.ScoreResponse, responses=errors, tags=["score"])
-    async def score_v1(body: S.ScoreRequest, request: Request):
-        """Same as /score (vLLM keeps it as a deprecated alias)."""
-        return await run(service.score, body, _request_id(request, body))
+        app.post(path, response_model=S.ScoreResponse, responses=errors, tags=["score"], description=score_doc,
+                 name=f"score{path.replace('/', '_')}")(score)
 
     rerank_doc = ("Rerank documents by relevance to the query, best first, cut to top_n. Accepts vLLM's shape and "
                   "Jina / Cohere ones (documents as {\"text\": ...}, return_documents).")
