@@ -97,7 +97,7 @@ PARAM_USE_ACTIVATION = "use_activation"  # bool, default true: L2-normalise
 PARAM_DIMENSIONS = "dimensions"  # int: matryoshka output size, for models trained for it
 PARAM_SCORE_MODE = "score_mode"  # BGE-M3: dense | sparse | colbert | sparse+dense | colbert+sparse+dense
 PARAM_SCORE_WEIGHTS = "score_weights"  # BGE-M3 hybrid weights "dense,sparse,colbert" (default 1,1,1)
-PARAM_PURPOSE = "purpose"  # "embedding" | "score": only changes the wording of the length error
+PARAM_PURPOSE = "purpose"  # "embedding" | "score": the length error's wording; "tokenize": no length check
 
 # Config parameter on the public ensemble that describes the served model to clients (JSON).
 MODEL_CARD_PARAMETER = "trilate_model_card"
@@ -207,12 +207,33 @@ SHARED_STAGES = {MAXSIM_MODEL: MAXSIM, COSINE_MODEL: COSINE, M3_SCORE_MODEL: M3_
 
 
 def triton_name(served_name: str) -> str:
-    """A Triton-safe spelling of a served model name ("org/model" -> "org--model")."""
-    safe = served_name.strip().replace("/", "--")
-    out = "".join(ch if (ch.isalnum() or ch in "-_.") else "_" for ch in safe).lstrip("-_.")
-    if not out:
-        raise ValueError(f"cannot make a Triton model name from served name {served_name!r}")
-    return out
+    """The Triton spelling of a served model name, one-to-one: ``"org/model"`` -> ``"org--model"``.
+
+    ASCII letters and digits stay, and "." after the first character; "/" becomes "--"; a "-" stays where
+    neither neighbour is "-" or "/" and it is not first; every other character (those "-" included) becomes
+    "_" and two hex digits per UTF-8 byte.  So "_" is always followed by two hex digits: the result never
+    holds "__", which separates a model from its stages (``stage_name``), and two served names never share
+    a Triton name (``"a__score"`` is ``"a_5f_5fscore"``, not the score ensemble of ``"a"``).
+    """
+    if not isinstance(served_name, str) or not served_name:
+        raise ValueError(f"a served model name must be a non-empty string, got {served_name!r}")
+    out = []
+    last = len(served_name) - 1
+    for i, ch in enumerate(served_name):
+        neighbours = (served_name[i - 1] if i else "", served_name[i + 1] if i < last else "")
+        if ch.isascii() and (ch.isalnum() or (ch == "." and i > 0)):
+            out.append(ch)
+        elif ch == "/" and i > 0:
+            out.append("--")
+        elif ch == "-" and i > 0 and not any(n in ("-", "/") for n in neighbours):
+            out.append("-")
+        else:
+            try:
+                raw = ch.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"served model name {served_name!r} is not valid Unicode text") from None
+            out.extend(f"_{byte:02x}" for byte in raw)
+    return "".join(out)
 
 
 def stage_name(model: str, stage: str) -> str:

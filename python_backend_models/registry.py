@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +27,21 @@ class Family:
     score_type: str
     tasks: tuple[str, ...]
     pooled: bool  # the encoder also returns one pooled vector per text
-    matryoshka: tuple[int, ...] = ()  # output sizes a request may ask for with `dimensions`
 
 
-def _colbert(backbone: str, matryoshka: tuple[int, ...] = ()) -> Family:
-    return Family("colbert", backbone, LATE_INTERACTION, ("token_embed",), pooled=False, matryoshka=matryoshka)
+def _colbert(backbone: str) -> Family:
+    return Family("colbert", backbone, LATE_INTERACTION, ("token_embed",), pooled=False)
 
 
 ARCHITECTURES: dict[str, Family] = {
     "HF_ColBERT": _colbert("bert"),
+    # vLLM's current name for the same model (its answerai-colbert-small-v1 example says
+    # --hf-overrides '{"architectures": ["ColBERTModel"], "dim": 96}'); `dim` is read as the ColBERT size.
+    "ColBERTModel": _colbert("bert"),
     "ColBERTModernBertModel": _colbert("modernbert"),
-    # jina-colbert-v2 was trained for these output sizes; the projection gives the largest.
-    "ColBERTJinaRobertaModel": _colbert("jina_xlmr", matryoshka=(128, 96, 64)),
+    # Matryoshka sizes (jina-colbert-v2 was trained for 128, 96, 64) come from the checkpoint's
+    # config.json `matryoshka_dimensions`, as vLLM reads them, never from the architecture.
+    "ColBERTJinaRobertaModel": _colbert("jina_xlmr"),
     "ColBERTLfm2Model": _colbert("lfm2"),
     "BertModel": Family("bi_encoder", "bert", BI_ENCODER, ("embed", "token_embed"), pooled=True),
     # What BAAI/bge-m3's config.json says: served, as by vLLM, as a plain embedding model (no extra heads).
@@ -121,6 +124,8 @@ class ModelInfo:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     hf_overrides: dict[str, Any] = field(default_factory=dict)
+    # Cohere input_type -> text prefix (config.json task_instructions, else sentence-transformers prompts)
+    prompts: dict[str, str] = field(default_factory=dict)
 
     @property
     def pooled(self) -> bool:
@@ -129,6 +134,14 @@ class ModelInfo:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    def resolved(self, repository_root: str | Path) -> "ModelInfo":
+        """This card with a relative checkpoint ``path`` (as a built repository stores it) made absolute
+        against the repository it was read from."""
+        path = Path(self.path)
+        if path.is_absolute():
+            return self
+        return replace(self, path=str((Path(repository_root) / path).resolve()))
 
     @classmethod
     def from_json(cls, text: str) -> "ModelInfo":
@@ -249,6 +262,31 @@ def _bge_m3_colbert_dim(ckpt: Checkpoint, hidden: int) -> int:
     return int(weight.shape[0])
 
 
+def _matryoshka_dimensions(ckpt: Checkpoint, dim: int) -> tuple[int, ...]:
+    """The output sizes a request may pick with `dimensions`: config.json's ``matryoshka_dimensions``
+    (as vLLM reads it; none declared = not matryoshka, every `dimensions` refused)."""
+    declared = ckpt.config.get("matryoshka_dimensions")
+    if declared is None:
+        return ()
+    if not isinstance(declared, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in declared):
+        raise CheckpointError(f"{ckpt.path}: matryoshka_dimensions must be a list of integers, got {declared!r}")
+    wrong = [d for d in declared if not 1 <= d <= dim]
+    if wrong:
+        raise CheckpointError(f"{ckpt.path}: matryoshka_dimensions {wrong} are outside 1..{dim} (the model's output "
+                              "size)")
+    return tuple(declared)
+
+
+def _prompts(ckpt: Checkpoint) -> dict[str, str]:
+    """Prefixes by input type, as vLLM's /v2/embed reads them: config.json ``task_instructions`` when it is a
+    non-empty mapping, else ``config_sentence_transformers.json`` ``prompts``; string values only."""
+    for source in (ckpt.config.get("task_instructions"),
+                   (read_json_if_exists(ckpt.path / "config_sentence_transformers.json") or {}).get("prompts")):
+        if isinstance(source, dict) and source:
+            return {k: v for k, v in source.items() if isinstance(k, str) and isinstance(v, str)}
+    return {}
+
+
 def _has_pad_token(path: Path) -> bool:
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         if (read_json_if_exists(path / name) or {}).get("pad_token"):
@@ -330,8 +368,7 @@ def describe(
         sparse=family.name == "bge_m3",
         bos_token_id=config.get("bos_token_id"),
         eos_token_id=config.get("eos_token_id"),
-        matryoshka_dimensions=tuple(
-            d for d in (config.get("matryoshka_dimensions") or family.matryoshka) if d <= dim
-        ),
+        matryoshka_dimensions=_matryoshka_dimensions(ckpt, dim),
         hf_overrides=dict(hf_overrides or {}),
+        prompts=_prompts(ckpt),
     )

@@ -7,8 +7,9 @@ deterministic, so building twice gives identical files.
 
 from __future__ import annotations
 
+import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,13 @@ def model_configs(spec: ServeSpec, info: ModelInfo, options: BuildOptions):
     return configs
 
 
+def relocatable(info: ModelInfo, root: Path) -> ModelInfo:
+    """``info`` with its checkpoint path relative to the repository root ``root``, as the configs store it:
+    a repository moved together with its checkpoints (a container image) still finds them.  The stages
+    resolve it against their own repository (``ModelInfo.resolved``)."""
+    return replace(info, path=Path(os.path.relpath(Path(info.path).resolve(), root)).as_posix())
+
+
 def build_repository(specs: list[ServeSpec], output: Path, options: BuildOptions | None = None) -> list[ModelInfo]:
     """Write every model's stages, ensembles and the shared scoring stages into ``output``."""
     options = options or BuildOptions()
@@ -114,8 +122,9 @@ def build_repository(specs: list[ServeSpec], output: Path, options: BuildOptions
     for child in output.iterdir():  # a previous build's models; other files are left alone
         if child.is_dir() and (child / "config.pbtxt").is_file():
             shutil.rmtree(child)
+    root = output.resolve()
     for spec, info in zip(specs, infos):
-        for config, adapter in model_configs(spec, info, options):
+        for config, adapter in model_configs(spec, relocatable(info, root), options):
             _write_model(output, config, adapter)
     for name, stage in C.SHARED_STAGES.items():
         _write_model(output, stage_config(name, stage, max_batch_size=0, parameters={}), stage.adapter)

@@ -181,7 +181,16 @@ class TextPreprocessor:
         self.special = SpecialTokens.read(path, self.tokenizer)
         self.max_model_len = max_model_len
         self.do_lower_case = do_lower_case
-        self.conventions = ColbertConventions.read(path, self.tokenizer, self.special) if colbert else None
+        # Why embedding_mode is unavailable for a ColBERT checkpoint whose conventions cannot be applied
+        # (e.g. a prefix that is not a token): vLLM serves such a checkpoint, and its default
+        # (symmetric) encoding never uses them, so only the modes are refused.
+        self.conventions_error: str | None = None
+        self.conventions = None
+        if colbert:
+            try:
+                self.conventions = ColbertConventions.read(path, self.tokenizer, self.special)
+            except CheckpointError as exc:
+                self.conventions_error = str(exc)
         self.pad_id = self.special.pad if self.special.pad is not None else 0
 
     # -- public ------------------------------------------------------------------------------------
@@ -205,6 +214,9 @@ class TextPreprocessor:
         if mode is None:
             rows = self._encode_vllm(texts, truncate_prompt_tokens, truncation_side, add_special_tokens, purpose)
         elif mode in EMBEDDING_MODES:
+            if self.conventions_error is not None:
+                raise InputError(f"embedding_mode {mode!r} is not available for this checkpoint: "
+                                 f"{self.conventions_error}")
             if self.conventions is None:
                 raise InputError(
                     f"embedding_mode {mode!r} needs a ColBERT checkpoint with PyLate "
@@ -249,7 +261,8 @@ class TextPreprocessor:
     # -- PyLate's ColBERT conventions ---------------------------------------------------------------
     def _encode_colbert(self, text: str, is_query: bool):
         c = self.conventions
-        assert c is not None
+        if c is None:  # encode() checks first; this keeps the method safe on its own
+            raise InputError("ColBERT query/document encoding needs the checkpoint's ColBERT conventions")
         # The checkpoint's lengths, never past what the served model accepts.
         length = min(c.query_length if is_query else c.document_length, self.max_model_len)
         prefix = c.query_prefix_id if is_query else c.document_prefix_id

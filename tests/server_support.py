@@ -19,6 +19,46 @@ MODERNBERT = "tiny/modernbert-colbert"
 JINA = "tiny/jina-colbert"
 LFM2 = "tiny/lfm2-colbert"
 BGE_M3 = "tiny/bge-m3"
+# A ColBERT checkpoint whose query prefix is not a token, under a name holding "__" (which the Triton
+# naming must keep apart from stage names).
+ODD = "tiny/colbert__prefix-not-a-token"
+# A Python-backend model run by the real stub that reports the stub's pb_utils constants (test_server.py).
+PROBE = "trilate_test__pb_utils_probe"
+
+PROBE_MODEL = """
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+NAMES = ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "ALREADY_EXISTS",
+         "CANCELLED")
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        report = {"codes": {name: int(getattr(pb_utils.TritonError, name)) for name in NAMES
+                            if hasattr(pb_utils.TritonError, name)}}
+        error = pb_utils.TritonError("probe", pb_utils.TritonError.INVALID_ARG)
+        report["error"] = [error.message(), int(error.code())]
+        out = np.array([json.dumps(report).encode("utf-8")], dtype=object)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("report", out)]) for _ in requests]
+"""
+
+PROBE_CONFIG = """name: "%s"
+backend: "python"
+max_batch_size: 0
+input { name: "x" data_type: TYPE_INT32 dims: [ 1 ] }
+output { name: "report" data_type: TYPE_STRING dims: [ 1 ] }
+instance_group { kind: KIND_CPU count: 1 }
+""" % PROBE
+
+
+def write_probe(repository: Path) -> None:
+    folder = repository / PROBE
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(PROBE_CONFIG, encoding="utf-8")
+    (folder / "1" / "model.py").write_text(PROBE_MODEL, encoding="utf-8")
 
 # Every late-interaction model the test server serves: served name -> (checkpoint fixture, reference
 # checkpoint fixture for PyLate's conventions, architecture).
@@ -37,7 +77,7 @@ def arch(name: str) -> dict:
 
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory, stanford_colbert, pylate_colbert, modernbert_colbert, jina_colbert, lfm2_colbert,
-                  bge_m3):
+                  bge_m3, pylate_colbert_prefix_not_a_token):
     root = tmp_path_factory.mktemp("server")
     specs = [
         ServeSpec(model=DEFAULT),
@@ -51,9 +91,11 @@ def triton_server(tmp_path_factory, stanford_colbert, pylate_colbert, modernbert
                   hf_overrides={**arch("ColBERTJinaRobertaModel"), "matryoshka_dimensions": [16, 8]}),
         ServeSpec(model=str(lfm2_colbert), served_name=LFM2, hf_overrides=arch("ColBERTLfm2Model")),
         ServeSpec(model=str(bge_m3), served_name=BGE_M3, hf_overrides=arch("BgeM3EmbeddingModel")),
+        ServeSpec(model=str(pylate_colbert_prefix_not_a_token), served_name=ODD, hf_overrides=arch("HF_ColBERT")),
     ]
     # A queue delay makes concurrent requests meet in one dynamic batch, which the tests rely on.
     build_repository(specs, root / "repo", BuildOptions(max_queue_delay_us=20000))
+    write_probe(root / "repo")
     http, grpc, metrics = free_ports(3)
     server = TritonServer(
         ServerConfig(model_repository=root / "repo", http_port=http, grpc_port=grpc, metrics_port=metrics),

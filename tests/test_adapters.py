@@ -144,16 +144,6 @@ def assert_preprocess_equals_core(pb, response, encoded) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_fake_error_codes_are_tritons(pb):
-    codes = {name: getattr(pb.TritonError, name) for name in
-             ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "ALREADY_EXISTS",
-              "CANCELLED")}
-    assert codes == {"UNKNOWN": 0, "INTERNAL": 1, "NOT_FOUND": 2, "INVALID_ARG": 3, "UNAVAILABLE": 4,
-                     "UNSUPPORTED": 5, "ALREADY_EXISTS": 6, "CANCELLED": 7}
-    with pytest.raises(TypeError):
-        pb.TritonError("bad code", 42)
-
-
 def test_fake_refuses_what_triton_refuses(pb):
     with pytest.raises(TypeError):
         pb.Tensor("x", [1, 2, 3])  # not a numpy array
@@ -264,9 +254,20 @@ def assert_encoder_equals_core(pb, response, expected: list[np.ndarray], dim: in
         assert not emb[i, vectors.shape[0]:].any(), "rows past num_tokens are zero"
 
 
+def _short_output_mask(tensors):
+    tensors[C.OUTPUT_MASK] = tensors[C.OUTPUT_MASK][:, :-1]
+
+
+def _no_live_tokens(tensors):
+    """A row the encoder would have to run with nothing attended (as a hand-written request may send)."""
+    tensors[C.ATTENTION_MASK] = np.zeros_like(tensors[C.ATTENTION_MASK])
+    tensors[C.OUTPUT_MASK] = np.zeros_like(tensors[C.OUTPUT_MASK])
+
+
 BAD_ENCODER = {
-    "use_activation_not_bool": ({C.PARAM_USE_ACTIVATION: "maybe"}, False, "use_activation must be a boolean"),
-    "shape_mismatch": ({}, True, "must have the same 2-D shape"),
+    "use_activation_not_bool": ({C.PARAM_USE_ACTIVATION: "maybe"}, None, "use_activation must be a boolean"),
+    "shape_mismatch": ({}, _short_output_mask, "must have the same 2-D shape"),
+    "no_live_tokens": ({}, _no_live_tokens, "row 0 has no token to encode"),
 }
 
 
@@ -279,11 +280,11 @@ def test_encoder_encodes_a_batch_of_requests_in_one_forward_pass_and_fails_only_
         text_request(pb, ["The cat sat on the mat.", "a b c", "Ünïcödé café"], {C.PARAM_EMBEDDING_MODE: "query"}),
     ])
     core = core_preprocessor(preprocess)
-    bad_params, break_shape, phrase = BAD_ENCODER[bad]
+    bad_params, breaker, phrase = BAD_ENCODER[bad]
     bad_request = encoder_request(pb, core.encode(["bad request"]), bad_params)
-    if break_shape:
-        tensors = {t.name(): t.as_numpy() for t in bad_request.inputs()}
-        tensors[C.OUTPUT_MASK] = tensors[C.OUTPUT_MASK][:, :-1]
+    if breaker is not None:
+        tensors = {t.name(): t.as_numpy().copy() for t in bad_request.inputs()}
+        breaker(tensors)
         bad_request = pb.InferenceRequest([pb.Tensor(k, v) for k, v in tensors.items()])
     requests = [encoder_request(pb, first), bad_request, encoder_request(pb, second)]
     before = encoder.encoder.forward_passes
@@ -360,6 +361,29 @@ def test_initialize_failure_raises_triton_model_exception_naming_the_model(pb, r
 
     with pytest.raises(pb.TritonModelException, match=name):
         EncoderModel().initialize(triton_args(repository, name, config))
+
+
+def test_a_repository_moved_with_its_checkpoints_still_loads(pb, tmp_path, stanford_colbert):
+    """The configs hold checkpoint paths relative to the repository (a container image moves both)."""
+    import shutil
+
+    built = tmp_path / "built"
+    shutil.copytree(stanford_colbert, built / "checkpoints" / "colbert")
+    build_repository([ServeSpec(model=str(built / "checkpoints" / "colbert"), served_name="tiny/stanford-colbert")],
+                     built / "repo")
+    for config in (built / "repo").glob("*/config.pbtxt"):
+        text = config.read_text(encoding="utf-8")
+        assert str(tmp_path) not in text and str(stanford_colbert) not in text, config
+    moved = tmp_path / "elsewhere" / "deeper"
+    moved.parent.mkdir()
+    shutil.move(str(built), str(moved))
+    preprocess = load_adapter(pb, moved / "repo", STANFORD + "__preprocess")
+    encoder = load_adapter(pb, moved / "repo", STANFORD + "__encoder")
+    assert Path(encoder.info.path) == (moved / "checkpoints" / "colbert").resolve()
+    (encoded,) = preprocess.execute([text_request(pb, ["hello there"])])
+    (response,) = encoder.execute([encoder_request(pb, encoded)])
+    assert_encoder_equals_core(pb, response, core_token_embeddings(encoder, core_preprocessor(preprocess).encode(
+        ["hello there"])), encoder.info.dim)
 
 
 # --------------------------------------------------------------------------------------------------

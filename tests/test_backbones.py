@@ -171,3 +171,32 @@ def test_every_registered_seed_architecture_has_a_fixture_served_by_the_test_ser
     served = {card.architecture for card in client.models()}
     missing = (seed_architectures() & set(ARCHITECTURES)) - served
     assert not missing, f"no tiny fixture / server test for {sorted(missing)}"
+
+
+def test_matryoshka_sizes_come_from_the_checkpoint_config_not_the_architecture(jina_colbert):
+    jina = {"architectures": ["ColBERTJinaRobertaModel"]}
+    # The tiny checkpoint's config.json says "matryoshka_dimensions": null, as XLMRobertaFlashConfig writes it.
+    assert describe(open_checkpoint(jina_colbert, jina), "m").matryoshka_dimensions == ()
+    declared = describe(open_checkpoint(jina_colbert, {**jina, "matryoshka_dimensions": [12, 16, 4]}), "m")
+    assert declared.matryoshka_dimensions == (12, 16, 4)
+    with pytest.raises(CheckpointError, match=r"matryoshka_dimensions \[32\] are outside 1..16"):
+        describe(open_checkpoint(jina_colbert, {**jina, "matryoshka_dimensions": [16, 32]}), "m")
+
+
+def test_colbert_model_is_vllms_newer_name_for_hf_colbert_and_dim_comes_from_the_overrides(stanford_colbert):
+    """vLLM's example: --hf-overrides '{"architectures": ["ColBERTModel"], "dim": 96}' (the tiny one has 16)."""
+    newer = describe(open_checkpoint(stanford_colbert, {"architectures": ["ColBERTModel"], "dim": 16}), "m")
+    older = describe(open_checkpoint(stanford_colbert), "m")
+    assert (newer.family, newer.backbone, newer.score_type, newer.tasks, newer.dim) == (
+        older.family, older.backbone, older.score_type, older.tasks, 16)
+    with pytest.raises(CheckpointError, match="config says the ColBERT dimension is 8"):
+        describe(open_checkpoint(stanford_colbert, {"architectures": ["ColBERTModel"], "dim": 8}), "m")
+
+
+def test_input_type_prompts_come_from_task_instructions_then_sentence_transformers(pylate_colbert, minilm_path):
+    assert describe(open_checkpoint(minilm_path), "m").prompts == {}  # its ST config has no prompts
+    overridden = {"task_instructions": {"search_query": "query: ", "bad": 3}}
+    assert describe(open_checkpoint(minilm_path, overridden), "m").prompts == {"search_query": "query: "}
+    written = json.loads((pylate_colbert / "config_sentence_transformers.json").read_text(encoding="utf-8"))["prompts"]
+    assert set(written) == {"query", "document"}
+    assert describe(open_checkpoint(pylate_colbert, {"architectures": ["HF_ColBERT"]}), "m").prompts == written

@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fake_pb_utils
 from python_backend_models import contract as C
@@ -210,3 +212,42 @@ def test_model_card_parameter_describes_the_served_model(configs):
     assert (card.served_name, card.architecture, card.dim, card.embedding_modes) == (
         "tiny/pylate-colbert", "HF_ColBERT", 16, True)
     assert card == ModelInfo.from_json(configs["tiny--pylate-colbert__encoder"].parameters["model_card"].string_value)
+
+
+def _decode_triton_name(name: str) -> str:
+    """The inverse of ``contract.triton_name``, written from its docstring (so the test proves it is one-to-one)."""
+    out, i = bytearray(), 0
+    while i < len(name):
+        if name.startswith("--", i):
+            out += b"/"
+            i += 2
+        elif name[i] == "_":
+            out.append(int(name[i + 1:i + 3], 16))
+            i += 3
+        else:
+            out += name[i].encode("ascii")
+            i += 1
+    return out.decode("utf-8")
+
+
+@given(st.text(min_size=1, max_size=24))
+@settings(max_examples=400, deadline=None)
+def test_triton_names_are_one_to_one_and_never_hold_the_stage_separator(served):
+    name = C.triton_name(served)
+    assert "__" not in name and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*|_[0-9a-f]{2}[A-Za-z0-9._-]*", name)
+    assert _decode_triton_name(name) == served
+
+
+def test_names_that_used_to_collide_get_their_own_triton_names():
+    assert C.triton_name("answerdotai/answerai-colbert-small-v1") == "answerdotai--answerai-colbert-small-v1"
+    assert C.triton_name("a__score") != C.stage_name(C.triton_name("a"), "score")
+    for first, second in (("a/b", "a--b"), ("a b", "a_b"), ("acme/mini__lm", "acme/mini_lm")):
+        assert C.triton_name(first) != C.triton_name(second)
+    assert "__" not in C.triton_name("acme/mini__lm")
+
+
+def test_served_names_of_one_build_are_kept_apart(tmp_path, stanford_colbert):
+    infos = build_repository([ServeSpec(model=str(stanford_colbert), served_name="a"),
+                              ServeSpec(model=str(stanford_colbert), served_name="a__score")], tmp_path)
+    assert [i.served_name for i in infos] == ["a", "a__score"]
+    assert (tmp_path / "a__score" / "config.pbtxt").is_file() and (tmp_path / "a_5f_5fscore" / "config.pbtxt").is_file()

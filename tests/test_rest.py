@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 import references
+from tolerances import SCORE_ATOL, SCORE_RTOL, VECTOR_ATOL
 from trilate.launch import ServeProcess
 
 pytestmark = pytest.mark.server
@@ -32,6 +33,7 @@ BGE_M3 = "BAAI/bge-m3"  # the seed's name; the tiny BGE-M3 checkpoint behind it
 # The seed document's curl commands, kept as test data (tests/data/make_seed_data.py regenerates it).
 SEED_DATA = Path(__file__).resolve().parent / "data" / "seed_commands.json"
 MAX_ITEMS = 64
+PROMPTS = {"search_query": "query: ", "search_document": "passage: "}
 MAX_BYTES = 1 << 20
 
 QUERY = "What is machine learning?"
@@ -49,7 +51,10 @@ class RestServer(ServeProcess):
         super().__init__(
             [str(stanford_colbert), DEFAULT, str(bge_m3),
              "--served-model-name", COLBERT, DEFAULT, BGE_M3,
-             "--hf-overrides", "{}", "--hf-overrides", "{}",
+             # vLLM's current example for answerai-colbert-small-v1 (its dim 96 is the tiny one's 16).
+             "--hf-overrides", json.dumps({"architectures": ["ColBERTModel"], "dim": 16}),
+             # Cohere input_type prefixes, which vLLM reads from the config's task_instructions.
+             "--hf-overrides", json.dumps({"task_instructions": PROMPTS}),
              "--hf-overrides", '{"architectures": ["BgeM3EmbeddingModel"]}',  # as the seed serves BAAI/bge-m3
              "--model-repository", str(root / "repo"),
              "--max-items-per-request", str(MAX_ITEMS), "--max-request-bytes", str(MAX_BYTES),
@@ -187,7 +192,7 @@ def test_seed_curl_command_verbatim(request, rest_server, lib, colbert_reference
         for result, lib_item in zip(got["results"], expected.results):
             assert list(result) == ["index", "document", "relevance_score"]
             assert result["document"] == {"text": docs[result["index"]], "multi_modal": None}
-            assert result["relevance_score"] == pytest.approx(lib_item.relevance_score, rel=1e-6)
+            assert result["relevance_score"] == pytest.approx(lib_item.relevance_score, rel=SCORE_RTOL, abs=SCORE_ATOL)
             assert result["relevance_score"] == pytest.approx(maxsim(ref[query], ref[docs[result["index"]]]),
                                                               rel=1e-4)
     elif route == "/score":
@@ -202,7 +207,7 @@ def test_seed_curl_command_verbatim(request, rest_server, lib, colbert_reference
         assert [item["index"] for item in got["data"]] == list(range(len(docs)))
         for item, lib_score, doc in zip(got["data"], expected, docs):
             assert list(item) == ["index", "object", "score"] and item["object"] == "score"
-            assert item["score"] == pytest.approx(lib_score, rel=1e-6)
+            assert item["score"] == pytest.approx(lib_score, rel=SCORE_RTOL, abs=SCORE_ATOL)
             assert item["score"] == pytest.approx(maxsim(ref[query], ref[doc]), rel=1e-4)
     elif route == "/pooling":
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
@@ -219,7 +224,7 @@ def test_seed_curl_command_verbatim(request, rest_server, lib, colbert_reference
         for i, (item, lib_item, text, n) in enumerate(zip(got["data"], lib_items, inputs, counts)):
             assert list(item) == ["index", "object", "data"] and item["object"] == "pooling"
             data = np.asarray(item["data"], dtype=np.float32)
-            np.testing.assert_allclose(data, lib_item.data, atol=1e-6)
+            np.testing.assert_allclose(data, lib_item.data, atol=VECTOR_ATOL)
             if model == COLBERT and task == "token_embed":
                 assert data.shape == (n, 16)  # every token, [CLS] and [SEP] included
                 np.testing.assert_allclose(data, ref[text], atol=1e-5)
@@ -259,14 +264,14 @@ def test_openai_client_embeddings_float_and_base64(rest_server, lib, minilm_path
         assert result.model == DEFAULT and result.object == "list" and result.id.startswith("embd-")
         assert [d.index for d in result.data] == [0, 1] and all(d.object == "embedding" for d in result.data)
         matrix = np.asarray([d.embedding for d in result.data], dtype=np.float32)
-        np.testing.assert_allclose(matrix, ours, atol=1e-6)
+        np.testing.assert_allclose(matrix, ours, atol=VECTOR_ATOL)
         assert (matrix * reference).sum(1).min() >= 0.99999
         n = sum(lib.tokenize(DEFAULT, t).count for t in texts)
         assert result.usage.prompt_tokens == result.usage.total_tokens == n
     np.testing.assert_allclose(np.asarray(b64.data[0].embedding, np.float32),
-                               np.asarray(flt.data[0].embedding, np.float32), atol=1e-6)
+                               np.asarray(flt.data[0].embedding, np.float32), atol=VECTOR_ATOL)
     np.testing.assert_allclose(flt.data[0].embedding[:5], [-0.0199545, 0.0098780, 0.0102496, 0.0295537, 0.0271864],
-                               atol=1e-6)
+                               atol=VECTOR_ATOL)
     with pytest.raises(NotFoundError):
         client.embeddings.create(model="no/such-model", input="x")
 
@@ -276,10 +281,115 @@ def test_cohere_v2_shaped_rerank(http, lib):
     got = post(http, "/v2/rerank", body).json()
     expected = lib.rerank(COLBERT, QUERY, DOCS, top_n=2)
     assert [(r["index"], r["relevance_score"]) for r in got["results"]] == [
-        (r.index, pytest.approx(r.relevance_score, rel=1e-6)) for r in expected.results]
+        (r.index, pytest.approx(r.relevance_score, rel=SCORE_RTOL, abs=SCORE_ATOL)) for r in expected.results]
     assert got["id"].startswith("rerank-") and got["model"] == COLBERT
     # Cohere v1 / LiteLLM read document.text; v2 clients read only index and relevance_score.
     assert [r["document"]["text"] for r in got["results"]] == [DOCS[r.index] for r in expected.results]
+
+
+def test_cohere_sdk_embed_on_v2_embed(rest_server, lib, minilm_path):
+    """The Cohere SDK's ClientV2.embed, as vLLM serves /v2/embed: input_type prefixes from the checkpoint's
+    task_instructions, typed embeddings, truncation."""
+    import cohere
+    from cohere.core.api_error import ApiError
+
+    co = cohere.ClientV2(api_key="not-checked", base_url=rest_server.url, timeout=120)
+    texts = ["What is machine learning?", "The cat sat on the mat."]
+    got = co.embed(model=DEFAULT, input_type="search_query", texts=texts,
+                   embedding_types=["float", "base64", "binary", "ubinary"])
+    prefixed = [PROMPTS["search_query"] + t for t in texts]
+    floats = np.asarray(got.embeddings.float_, dtype=np.float32)
+    np.testing.assert_allclose(floats, lib.embed(DEFAULT, prefixed).matrix(), atol=VECTOR_ATOL)
+    assert (floats * references.st_mean_pooled(minilm_path, prefixed)).sum(1).min() >= 0.99999
+    assert got.id.startswith("embd-") and got.texts == texts
+    assert got.meta.api_version.version == "2"
+    assert got.meta.tokens.input_tokens == sum(lib.tokenize(DEFAULT, t).count for t in prefixed)
+    # base64: each vector's float32 values, little-endian, as in the same answer's floats.
+    decoded = np.stack([np.frombuffer(base64.b64decode(b), dtype="<f4") for b in got.embeddings.base64])
+    np.testing.assert_array_equal(decoded, floats)
+    # ubinary: one bit per value (1 where >= 0), eight per byte, the first value in the highest bit; binary is
+    # the same byte minus 128 (Cohere's signed form).
+    for row, packed in zip(floats, got.embeddings.ubinary):
+        bits = "".join("1" if v >= 0 else "0" for v in row)
+        assert packed == [int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)]
+    assert got.embeddings.binary == [[b - 128 for b in row] for row in got.embeddings.ubinary]
+    assert got.embeddings.int8 is None and got.embeddings.uint8 is None
+    # `inputs` with one text part each are the same texts (no `texts` echo then).
+    by_parts = co.embed(model=DEFAULT, input_type="search_query",
+                        inputs=[{"content": [{"type": "text", "text": t}]} for t in texts], embedding_types=["float"])
+    np.testing.assert_allclose(np.asarray(by_parts.embeddings.float_), floats, atol=VECTOR_ATOL)
+    assert by_parts.texts is None and by_parts.embeddings.base64 is None
+    # No input_type: no prefix.  truncate END / START keep max_tokens tokens from the start / the end.
+    long_text = "machine learning " * 100
+    plain = co.embed(model=DEFAULT, input_type=None, texts=[QUERY], embedding_types=["float"])
+    np.testing.assert_allclose(plain.embeddings.float_, lib.embed(DEFAULT, [QUERY]).matrix(), atol=VECTOR_ATOL)
+    for truncate, side in (("END", "right"), ("START", "left")):
+        cut = co.embed(model=DEFAULT, input_type="search_document", texts=[long_text], truncate=truncate,
+                       max_tokens=9, embedding_types=["float"])
+        expected = lib.embed(DEFAULT, [PROMPTS["search_document"] + long_text], truncate_prompt_tokens=9,
+                             truncation_side=side).matrix()
+        np.testing.assert_allclose(cut.embeddings.float_, expected, atol=VECTOR_ATOL)
+        assert cut.meta.tokens.input_tokens == 9
+    # Refusals reach the SDK as 4xx errors with vLLM's messages.
+    with pytest.raises(ApiError) as info:
+        co.embed(model=DEFAULT, input_type="image", images=["data:image/png;base64,iVBORw0KGgo="])
+    assert info.value.status_code == 400 and "images are not supported" in str(info.value.body)
+    with pytest.raises(ApiError) as info:
+        co.embed(model=DEFAULT, input_type="search_query", texts=texts, embedding_types=["int8"])
+    assert info.value.status_code == 400 and "int8" in str(info.value.body)
+    with pytest.raises(ApiError) as info:
+        co.embed(model=COLBERT, input_type="search_query", texts=texts)
+    assert info.value.status_code == 404
+
+
+def test_pooling_embedding_mode_gives_pylates_query_and_document_vectors(http, lib, stanford_colbert):
+    """`embedding_mode` on REST /pooling: PyLate's encoding of the checkpoint's conventions, as the library's."""
+    texts = [QUERY, DOCS[0]]
+    for mode, is_query in (("query", True), ("document", False)):
+        got = post(http, "/pooling", {"model": COLBERT, "input": texts, "embedding_mode": mode})
+        assert got.status_code == 200, got.text
+        reference = references.pylate_encode(stanford_colbert, texts, is_query=is_query)
+        library = lib.pooling(COLBERT, texts, embedding_mode=mode).data
+        for item, ref, mine in zip(got.json()["data"], reference, library):
+            vectors = np.asarray(item["data"], dtype=np.float32)
+            assert vectors.shape == ref.shape
+            np.testing.assert_allclose(vectors, ref, atol=1e-5)
+            np.testing.assert_allclose(vectors, mine.data, atol=VECTOR_ATOL)
+        if is_query:
+            assert [len(item["data"]) for item in got.json()["data"]] == [32, 32]  # query_maxlen, [MASK]-expanded
+    symmetric = post(http, "/pooling", {"model": COLBERT, "input": QUERY}).json()["data"][0]["data"]
+    assert len(symmetric) == lib.tokenize(COLBERT, QUERY).count  # without it: vLLM's encoding, every token
+
+
+def test_colbert_model_is_served_under_vllms_newer_architecture_name(lib):
+    card = lib.model(COLBERT)  # served with --hf-overrides '{"architectures": ["ColBERTModel"], "dim": 16}'
+    assert (card.architecture, card.dim, card.tasks, card.score_type) == (
+        "ColBERTModel", 16, ("token_embed",), "late-interaction")
+
+
+def test_a_model_tritonserver_no_longer_has_answers_404_not_500(rest_server):
+    """A card the front end still holds while tritonserver has no such model (restarted with another
+    repository): vLLM's 404 for an unknown model, and the next request sees the server's real list."""
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+    from trilate import TrilateClient
+    from trilate.frontend import create_app
+
+    class Stale(TrilateClient):
+        def _load_cards(self):
+            cards = super()._load_cards()
+            gone = dataclasses.replace(cards[DEFAULT], served_name="gone/model", triton_name="gone--model")
+            return {**cards, gone.served_name: gone}
+
+    client = Stale(rest_server.grpc_url, protocol="grpc")
+    with TestClient(create_app(client=client)) as app:
+        for route, body in (("/score", {"text_1": QUERY, "text_2": DOCS}), ("/pooling", {"input": QUERY}),
+                            ("/v1/embeddings", {"input": QUERY}), ("/tokenize", {"prompt": QUERY})):
+            error = assert_envelope(app.post(route, json={"model": "gone/model", **body}), 404,
+                                    "The model `gone/model` does not exist.", param="model")
+            assert error["type"] == "NotFoundError"
+        assert app.post("/pooling", json={"model": DEFAULT, "input": QUERY}).status_code == 200
 
 
 def test_jina_shaped_rerank_with_text_documents_and_return_documents(http, lib):
@@ -295,7 +405,7 @@ def test_jina_shaped_rerank_with_text_documents_and_return_documents(http, lib):
                                      "return_documents": False}).json()
     assert [list(r) for r in bare["results"]] == [["index", "relevance_score"]] * 2
     assert [r["relevance_score"] for r in bare["results"]] == pytest.approx(
-        [r["relevance_score"] for r in with_docs["results"]], rel=1e-6)
+        [r["relevance_score"] for r in with_docs["results"]], rel=SCORE_RTOL, abs=SCORE_ATOL)
 
 
 # -- vLLM's request variants -------------------------------------------------------------------------
@@ -306,12 +416,12 @@ def test_every_score_field_pair_and_route_alias_gives_the_same_scores(http, lib)
                           ("text_1", "text_2")):
         for route in ("/score", "/v1/score"):
             got = post(http, route, {"model": COLBERT, first: QUERY, second: DOCS}).json()
-            assert [d["score"] for d in got["data"]] == pytest.approx(expected, rel=1e-6), (first, route)
+            assert [d["score"] for d in got["data"]] == pytest.approx(expected, rel=SCORE_RTOL, abs=SCORE_ATOL), (first, route)
     zipped = post(http, "/score", {"model": COLBERT, "queries": [QUERY, DOCS[1]], "documents": DOCS[:2]}).json()
     assert [d["score"] for d in zipped["data"]] == pytest.approx(
-        lib.score(COLBERT, [QUERY, DOCS[1]], DOCS[:2]).scores, rel=1e-6)
+        lib.score(COLBERT, [QUERY, DOCS[1]], DOCS[:2]).scores, rel=SCORE_RTOL, abs=SCORE_ATOL)
     one = post(http, "/score", {"model": COLBERT, "text_1": QUERY, "text_2": DOCS[0]}).json()
-    assert [d["score"] for d in one["data"]] == pytest.approx(expected[:1], rel=1e-6)
+    assert [d["score"] for d in one["data"]] == pytest.approx(expected[:1], rel=SCORE_RTOL, abs=SCORE_ATOL)
 
 
 def test_rerank_top_n_and_single_document_and_all_routes(http, lib):
@@ -327,7 +437,7 @@ def test_rerank_top_n_and_single_document_and_all_routes(http, lib):
 
 def test_default_model_scores_rerank_and_pooling_tasks(http, lib):
     got = post(http, "/score", {"model": DEFAULT, "text_1": QUERY, "text_2": DOCS}).json()
-    assert [d["score"] for d in got["data"]] == pytest.approx(lib.score(DEFAULT, QUERY, DOCS).scores, rel=1e-6)
+    assert [d["score"] for d in got["data"]] == pytest.approx(lib.score(DEFAULT, QUERY, DOCS).scores, rel=SCORE_RTOL, abs=SCORE_ATOL)
     for task, shape in (("embed", (384,)), ("token_embed", (7, 384)), (None, (7, 384))):
         body = {"model": DEFAULT, "input": [QUERY]} | ({"task": task} if task else {})
         data = post(http, "/pooling", body).json()["data"][0]["data"]
@@ -342,17 +452,17 @@ def test_truncation_and_special_tokens_pass_through(http, lib):
         vectors = np.asarray(got["data"][0]["data"], dtype=np.float32)
         expected = lib.pooling(COLBERT, text, truncate_prompt_tokens=4, truncation_side=side).data[0].data
         assert vectors.shape == (4, 16) and got["usage"]["prompt_tokens"] == 4
-        np.testing.assert_allclose(vectors, expected, atol=1e-6)
+        np.testing.assert_allclose(vectors, expected, atol=VECTOR_ATOL)
     plain = post(http, "/pooling", {"model": COLBERT, "input": text, "add_special_tokens": False}).json()
     assert plain["usage"]["prompt_tokens"] == lib.tokenize(COLBERT, text).count - 2
     # /score truncates every item separately; vLLM 0.18-0.20 ignores truncate_prompt_tokens there when
     # truncation_side is "left" (its score path calls the tokenizer directly).
     right = post(http, "/score", {"model": COLBERT, "text_1": QUERY, "text_2": text, "truncate_prompt_tokens": 3})
     assert right.json()["data"][0]["score"] == pytest.approx(
-        lib.score(COLBERT, QUERY, text, truncate_prompt_tokens=3).scores[0], rel=1e-6)
+        lib.score(COLBERT, QUERY, text, truncate_prompt_tokens=3).scores[0], rel=SCORE_RTOL, abs=SCORE_ATOL)
     left = post(http, "/score", {"model": COLBERT, "text_1": QUERY, "text_2": text, "truncate_prompt_tokens": 3,
                                  "truncation_side": "left"})
-    assert left.json()["data"][0]["score"] == pytest.approx(lib.score(COLBERT, QUERY, text).scores[0], rel=1e-6)
+    assert left.json()["data"][0]["score"] == pytest.approx(lib.score(COLBERT, QUERY, text).scores[0], rel=SCORE_RTOL, abs=SCORE_ATOL)
     raw = post(http, "/pooling", {"model": COLBERT, "input": text, "use_activation": False}).json()
     norms = np.linalg.norm(np.asarray(raw["data"][0]["data"]), axis=1)
     assert np.abs(norms - 1).max() > 1e-3  # not L2-normalised
@@ -402,11 +512,11 @@ def test_bytes_encodings_carry_shapes_in_the_metadata_header(http):
     for item, matrix in zip(meta["data"], floats):
         assert item["shape"] == list(matrix.shape) and item["embed_dtype"] == "float32"
         np.testing.assert_allclose(np.frombuffer(resp.content[item["start"]:item["end"]], np.float32),
-                                   matrix.reshape(-1), atol=1e-6)
+                                   matrix.reshape(-1), atol=VECTOR_ATOL)
     only = post(http, "/pooling", body | {"encoding_format": "bytes_only"})
     assert "metadata" not in only.headers and len(only.content) == len(resp.content)
     np.testing.assert_allclose(np.frombuffer(only.content, np.float32), np.frombuffer(resp.content, np.float32),
-                               atol=1e-6)
+                               atol=VECTOR_ATOL)
     emb = post(http, "/v1/embeddings", {"model": DEFAULT, "input": QUERY, "encoding_format": "bytes"})
     assert json.loads(emb.headers["metadata"])["data"][0]["shape"] == [384] and len(emb.content) == 384 * 4
 
@@ -510,7 +620,7 @@ def test_model_may_be_omitted_when_one_model_is_served(rest_server, lib):
     with TestClient(create_app(client=OneModel(rest_server.grpc_url, protocol="grpc"))) as app:
         got = app.post("/v1/embeddings", json={"input": QUERY}).json()
         assert got["model"] == DEFAULT
-        np.testing.assert_allclose(got["data"][0]["embedding"], lib.embed(DEFAULT, QUERY).matrix()[0], atol=1e-6)
+        np.testing.assert_allclose(got["data"][0]["embedding"], lib.embed(DEFAULT, QUERY).matrix()[0], atol=VECTOR_ATOL)
         assert app.post("/score", json={"text_1": QUERY, "text_2": DOCS}).json()["model"] == DEFAULT
         assert app.post("/tokenize", json={"prompt": QUERY}).json()["count"] == 7
     # Two models served: the request must name one.
@@ -523,6 +633,13 @@ def test_model_may_be_omitted_when_one_model_is_served(rest_server, lib):
 # -- bad requests: a 4xx in vLLM's envelope, and the server keeps serving ------------------------------
 
 LONG = "word " * 600
+
+
+def raw(body: dict) -> bytes:
+    """JSON with non-ASCII escaped, as a client may send it (httpx's own encoder refuses lone surrogates)."""
+    return json.dumps(body, ensure_ascii=True).encode("ascii")
+
+
 BAD_REQUESTS = [
     # (id, route, raw body or JSON, status, words in the message, param)
     ("malformed-json", "/score", b'{"model": "x", "text_1": ', 400, "JSON decode error", None),
@@ -593,6 +710,56 @@ BAD_REQUESTS = [
      f"accepts at most {MAX_BYTES} bytes", None),
     ("token-id-out-of-vocabulary", "/detokenize", {"model": DEFAULT, "tokens": [101, 10**9]}, 400,
      "is not a token id", "tokens"),
+    # A lone surrogate is valid JSON ("\ud800") but no text: 400 naming the field, on every route.
+    ("surrogate-score", "/score", raw({"model": COLBERT, "text_1": "\ud800", "text_2": DOCS}), 400,
+     "text_1 is not valid Unicode text: a lone surrogate U+D800", "text_1"),
+    ("surrogate-rerank", "/rerank", raw({"model": COLBERT, "query": QUERY, "documents": [DOCS[0], "x\udfff"]}), 400,
+     "documents[1] is not valid Unicode text", "documents"),
+    ("surrogate-pooling", "/pooling", raw({"model": COLBERT, "input": ["\ud83d"]}), 400, "input[0] is not valid",
+     "input"),
+    ("surrogate-embeddings", "/v1/embeddings", raw({"model": DEFAULT, "input": "a\ud800"}), 400,
+     "input is not valid Unicode text: a lone surrogate U+D800 at character 1", "input"),
+    ("surrogate-tokenize", "/tokenize", raw({"model": DEFAULT, "prompt": "\udc00"}), 400, "prompt is not valid",
+     "prompt"),
+    ("surrogate-v2-embed", "/v2/embed", raw({"model": DEFAULT, "texts": ["\ud800"]}), 400, "texts[0] is not valid",
+     "texts"),
+    ("surrogate-request-id", "/score", raw({"model": COLBERT, "text_1": QUERY, "text_2": DOCS, "request_id": "\ud800"}),
+     400, "request_id is not valid", "request_id"),
+    ("surrogate-model", "/pooling", raw({"model": "\ud800", "input": QUERY}), 400, "model is not valid", "model"),
+    # vLLM refuses `dimensions` on a model that is not matryoshka even at the model's own size.
+    ("embeddings-dimensions-own-size", "/v1/embeddings", {"model": DEFAULT, "input": QUERY, "dimensions": 384}, 400,
+     "does not support matryoshka representation", None),
+    ("pooling-dimensions-own-size", "/pooling", {"model": COLBERT, "input": QUERY, "dimensions": 16}, 400,
+     "does not support matryoshka representation", None),
+    ("embedding-mode-without-conventions", "/pooling", {"model": DEFAULT, "input": QUERY, "embedding_mode": "query"},
+     400, "embedding_mode is only available for ColBERT checkpoints", "embedding_mode"),
+    ("embedding-mode-unknown", "/pooling", {"model": COLBERT, "input": QUERY, "embedding_mode": "passage"}, 400,
+     "embedding_mode", None),
+    ("v2-embed-nothing", "/v2/embed", {"model": DEFAULT}, 400, "One of texts, images, or inputs must be provided",
+     "texts"),
+    ("v2-embed-images", "/v2/embed", {"model": DEFAULT, "images": ["data:image/png;base64,iVBORw0KGgo="]}, 400,
+     "images are not supported by trilate yet", "images"),
+    ("v2-embed-image-part", "/v2/embed", {"model": DEFAULT, "inputs": [{"content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]}, 400,
+     "inputs[0] has an image_url part", "inputs"),
+    ("v2-embed-two-text-parts", "/v2/embed", {"model": DEFAULT, "inputs": [{"content": [
+        {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}, 400, "inputs[0] has 2 text parts", "inputs"),
+    ("v2-embed-int8", "/v2/embed", {"model": DEFAULT, "texts": [QUERY], "embedding_types": ["float", "int8"]}, 400,
+     "embedding_types ['int8'] are not supported", "embedding_types"),
+    ("v2-embed-type-unknown", "/v2/embed", {"model": DEFAULT, "texts": [QUERY], "embedding_types": ["int4"]}, 400,
+     "embedding_types", None),
+    ("v2-embed-input-type-without-prompts", "/v2/embed", {"model": BGE_M3, "texts": [QUERY],
+                                                          "input_type": "search_query"}, 400,
+     "Unsupported input_type 'search_query'. This model does not define any input_type prompt prefixes.",
+     "input_type"),
+    ("v2-embed-input-type-unknown", "/v2/embed", {"model": DEFAULT, "texts": [QUERY], "input_type": "clustering"},
+     400, "Unsupported input_type 'clustering'. Supported values: search_document, search_query", "input_type"),
+    ("v2-embed-output-dimension", "/v2/embed", {"model": DEFAULT, "texts": [QUERY], "output_dimension": 128}, 400,
+     "does not support matryoshka representation", None),
+    ("v2-embed-truncate-none", "/v2/embed", {"model": DEFAULT, "texts": [QUERY], "truncate": "NONE", "max_tokens": 3},
+     400, "Input of 7 tokens exceeds max_tokens=3 with truncate=NONE", "max_tokens"),
+    ("v2-embed-too-many", "/v2/embed", {"model": DEFAULT, "texts": ["d"] * (MAX_ITEMS + 1)}, 400,
+     "at most 64 per request", "texts"),
 ]
 
 
@@ -609,7 +776,7 @@ def test_bad_request_gets_a_4xx_in_vllm_envelope_and_the_server_keeps_serving(ht
         assert error["type"] == "BadRequestError"
     good = post(http, "/score", {"model": COLBERT, "text_1": QUERY, "text_2": DOCS[0]})
     assert good.status_code == 200
-    assert good.json()["data"][0]["score"] == pytest.approx(lib.score(COLBERT, QUERY, DOCS[0]).scores[0], rel=1e-6)
+    assert good.json()["data"][0]["score"] == pytest.approx(lib.score(COLBERT, QUERY, DOCS[0]).scores[0], rel=SCORE_RTOL, abs=SCORE_ATOL)
 
 
 def test_chunked_body_over_the_limit_is_refused_too(http):
@@ -624,8 +791,11 @@ def test_chunked_body_over_the_limit_is_refused_too(http):
 
 
 def test_routes_a_model_cannot_serve_answer_as_vllm_does(http):
-    # vLLM registers /v1/embeddings only for models that pool one vector: a ColBERT server has no such route.
+    # vLLM registers /v1/embeddings and /v2/embed only for models that pool one vector: a ColBERT server has
+    # no such route.
     resp = post(http, "/v1/embeddings", {"model": COLBERT, "input": QUERY})
+    assert resp.status_code == 404 and resp.json() == {"detail": "Not Found"}
+    resp = post(http, "/v2/embed", {"model": COLBERT, "texts": [QUERY]})
     assert resp.status_code == 404 and resp.json() == {"detail": "Not Found"}
     resp = http.post("/v1/chat/completions", json={"model": COLBERT})
     assert resp.status_code == 404 and resp.json() == {"detail": "Not Found"}
@@ -635,7 +805,7 @@ def test_routes_a_model_cannot_serve_answer_as_vllm_does(http):
 def test_bge_m3_dense_embeddings_and_its_score_modes(http, lib):
     texts = ["What is BGE M3?", "Definition of BM25"]
     got = post(http, "/v1/embeddings", {"model": BGE_M3, "input": texts}).json()
-    np.testing.assert_allclose([d["embedding"] for d in got["data"]], lib.embed(BGE_M3, texts).matrix(), atol=1e-6)
+    np.testing.assert_allclose([d["embedding"] for d in got["data"]], lib.embed(BGE_M3, texts).matrix(), atol=VECTOR_ATOL)
     # vLLM's default: cosine of the dense vectors; trilate's extension: FlagEmbedding's other scores.
     for extra in ({}, {"score_mode": "sparse"}, {"score_mode": "colbert+sparse+dense", "score_weights": [0.4, 0.2, 0.4]}):
         ranked = post(http, "/rerank", {"model": BGE_M3, "query": texts[0], "documents": DOCS} | extra).json()
@@ -643,7 +813,7 @@ def test_bge_m3_dense_embeddings_and_its_score_modes(http, lib):
         scores = [r["relevance_score"] for r in ranked["results"]]
         assert scores == sorted(scores, reverse=True) and len(scores) == len(DOCS)
         assert {r["index"]: r["relevance_score"] for r in ranked["results"]} == pytest.approx(
-            {r.index: r.relevance_score for r in expected.results}, rel=1e-6, abs=1e-7)
+            {r.index: r.relevance_score for r in expected.results}, rel=SCORE_RTOL, abs=SCORE_ATOL)
     both = post(http, "/pooling", {"model": BGE_M3, "input": texts, "task": "embed&token_classify"}).json()
     dense = lib.embed(BGE_M3, texts).matrix()
     assert np.asarray(both["data"][0]["data"]).shape == (dense.shape[1] + lib.tokenize(BGE_M3, texts[0]).count - 2,)

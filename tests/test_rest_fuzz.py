@@ -29,6 +29,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 from test_rest import COLBERT, DEFAULT, DOCS, QUERY, acquire_rest_server, release_rest_server
+from tolerances import SCORE_ATOL, SCORE_RTOL
 
 pytestmark = pytest.mark.server
 
@@ -180,7 +181,7 @@ def test_score_rerank_pooling_requests_keep_vllm_invariants(fuzz_http, data):
                       "truncate_prompt_tokens": body["truncate_prompt_tokens"]}
         paired = fuzz_http.post("/score", json=score_body).json()["data"]
         for r in got["results"]:
-            assert r["relevance_score"] == pytest.approx(paired[r["index"]]["score"], rel=1e-5, abs=1e-6)
+            assert r["relevance_score"] == pytest.approx(paired[r["index"]]["score"], rel=SCORE_RTOL, abs=SCORE_ATOL)
     else:
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         assert [d["index"] for d in got["data"]] == list(range(len(inputs)))
@@ -198,7 +199,7 @@ def test_the_server_still_answers_correctly_after_the_fuzzing(fuzz_http, fuzz_se
     got = fuzz_http.post("/rerank", json={"model": COLBERT, "query": QUERY, "documents": DOCS}).json()
     expected = lib.rerank(COLBERT, QUERY, DOCS)
     assert [(r["index"], r["relevance_score"]) for r in got["results"]] == [
-        (r.index, pytest.approx(r.relevance_score, rel=1e-6)) for r in expected.results]
+        (r.index, pytest.approx(r.relevance_score, rel=SCORE_RTOL, abs=SCORE_ATOL)) for r in expected.results]
     assert fuzz_server.proc.poll() is None
     # The fuzzing reached the success paths, not only the validators.
     if sum(n for (test, _), n in STATUSES.items() if test == "semantic") >= 100:

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import references
-from server_support import BGE_M3, COLBERTS, DEFAULT, JINA, PYLATE, PYLATE_VLLM, STANFORD
+from server_support import BGE_M3, COLBERTS, DEFAULT, JINA, ODD, PROBE, PYLATE, PYLATE_VLLM, STANFORD
+from tolerances import SCORE_ATOL, SCORE_RTOL
 from trilate import InvalidInputError, ModelNotFoundError, UnsupportedTaskError
 
 pytestmark = pytest.mark.server
@@ -29,7 +30,7 @@ def maxsim(q: np.ndarray, d: np.ndarray) -> float:
 
 def test_server_lists_every_served_model_with_its_tasks(client):
     cards = {c.served_name: c for c in client.models()}
-    assert set(cards) == {DEFAULT, PYLATE, BGE_M3, *COLBERTS}
+    assert set(cards) == {DEFAULT, PYLATE, BGE_M3, ODD, *COLBERTS}
     for served, (_, _, architecture) in COLBERTS.items():
         assert cards[served].architecture == architecture and cards[served].score_type == "late-interaction"
     assert cards[DEFAULT].tasks == ("embed", "token_embed") and cards[DEFAULT].score_type == "bi-encoder"
@@ -107,10 +108,89 @@ def test_matryoshka_dimensions_on_jina_slice_then_normalise(client):
         client.token_embed(STANFORD, QUERY, dimensions=8)
 
 
+def test_dimensions_on_a_model_that_is_not_matryoshka_is_refused_even_at_its_own_size(client):
+    """vLLM refuses any `dimensions` on such a model ("does not support matryoshka representation")."""
+    for model, size in ((STANFORD, 16), (DEFAULT, 384)):
+        with pytest.raises(InvalidInputError, match="does not support matryoshka representation"):
+            client.pooling(model, QUERY, dimensions=size)
+    with pytest.raises(InvalidInputError, match="does not support matryoshka representation"):
+        client.embed(DEFAULT, QUERY, dimensions=384)
+    assert client.token_embed(JINA, QUERY, dimensions=16)[0].shape[1] == 16  # matryoshka: its own size is fine
+
+
+def test_a_served_name_with_double_underscores_is_served(client, pylate_colbert_prefix_not_a_token):
+    """Triton names are one-to-one with served names, so "__" in a served name cannot pass for a stage."""
+    card = client.model(ODD)
+    assert "__" not in card.triton_name and card.served_name == ODD
+    vectors = client.token_embed(ODD, DOCS[:2])
+    reference = references.hf_colbert_token_embeddings(pylate_colbert_prefix_not_a_token, DOCS[:2])
+    for ours, ref in zip(vectors, reference):
+        np.testing.assert_allclose(ours, ref, atol=1e-5)
+    query = client.token_embed(ODD, QUERY)[0]
+    assert client.score(ODD, QUERY, DOCS[:2]).scores == pytest.approx([maxsim(query, v) for v in vectors], rel=1e-4)
+
+
+def test_a_colbert_prefix_that_is_not_a_token_disables_only_embedding_mode(client):
+    """vLLM serves such a checkpoint (its encoding never uses the prefix); PyLate's modes answer why not."""
+    assert client.token_embed(ODD, QUERY)[0].shape[1] == 16
+    for mode in ("query", "document"):
+        with pytest.raises(InvalidInputError, match=r"embedding_mode .* not available .*'\[QX\] ' is not a token"):
+            client.pooling(ODD, QUERY, embedding_mode=mode)
+
+
+def test_a_row_without_live_tokens_gets_its_own_invalid_arg_and_the_encoder_keeps_serving(triton_server):
+    """Sent straight to the encoder (as any tritonclient user may), beside a good request of the same batch."""
+    import tritonclient.http as http
+    from python_backend_models import contract as C
+
+    from tritonclient.utils import InferenceServerException
+
+    triton = http.InferenceServerClient(triton_server.http_url, concurrency=2)
+    name = C.stage_name(C.triton_name(STANFORD), "encoder")
+
+    def request(ids, attention, output):
+        tensors = []
+        for tensor_name, array in ((C.INPUT_IDS, ids), (C.ATTENTION_MASK, attention), (C.OUTPUT_MASK, output)):
+            tensor = http.InferInput(tensor_name, list(array.shape), "BOOL" if array.dtype == bool else "INT64")
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        return triton.async_infer(name, tensors, outputs=[http.InferRequestedOutput(C.TOKEN_EMBEDDINGS)])
+
+    good_ids = np.array([[101, 2054, 2003, 102]], dtype=np.int64)
+    ones = np.ones_like(good_ids)
+    dead = np.zeros_like(good_ids)
+    # Both in flight at once: with the test server's queue delay they meet in one dynamic batch.
+    bad = request(good_ids, dead, dead.astype(bool))
+    good = request(good_ids, ones, ones.astype(bool))
+    vectors = good.get_result().as_numpy(C.TOKEN_EMBEDDINGS)
+    assert vectors.shape == (1, 4, 16) and np.isfinite(vectors).all()
+    with pytest.raises(InferenceServerException) as info:
+        bad.get_result()
+    assert info.value.status() == "400" and "no token to encode" in info.value.message()
+
+
+def test_fake_pb_utils_matches_the_real_stub(triton_server):
+    """The adapter tests run on ``fake_pb_utils``; its error codes must be those of the stub tritonserver runs."""
+    import json
+
+    import fake_pb_utils
+    import tritonclient.http as http
+
+    triton = http.InferenceServerClient(triton_server.http_url)
+    x = http.InferInput("x", [1], "INT32")
+    x.set_data_from_numpy(np.zeros(1, np.int32))
+    report = json.loads(triton.infer(PROBE, [x]).as_numpy("report")[0])
+    with fake_pb_utils.installed() as fake:
+        fake_codes = {name: getattr(fake.TritonError, name) for name in report["codes"]}
+        fake_error = fake.TritonError("probe", fake.TritonError.INVALID_ARG)
+        assert [fake_error.message(), fake_error.code()] == report["error"]
+    assert len(report["codes"]) == 8 and fake_codes == report["codes"]
+
+
 def test_one_to_many_equals_separate_one_to_one_calls(client):
     many = client.score(STANFORD, QUERY, DOCS).scores
     singles = [client.score(STANFORD, QUERY, d).scores[0] for d in DOCS]
-    assert many == pytest.approx(singles, rel=1e-5)
+    assert many == pytest.approx(singles, rel=SCORE_RTOL, abs=SCORE_ATOL)
 
 
 def test_item_alone_equals_item_inside_a_batch(client):
@@ -143,7 +223,8 @@ def test_more_documents_than_one_triton_batch_are_scored_in_order(client):
     docs = [f"document number {i} about learning" for i in range(300)]
     scores = client.score(STANFORD, QUERY, docs).scores
     assert len(scores) == 300
-    assert scores[299] == pytest.approx(client.score(STANFORD, QUERY, docs[299]).scores[0], rel=1e-5)
+    assert scores[299] == pytest.approx(client.score(STANFORD, QUERY, docs[299]).scores[0], rel=SCORE_RTOL,
+                                        abs=SCORE_ATOL)
 
 
 # -- query/document modes (PyLate conventions) -----------------------------------------------------

@@ -323,3 +323,13 @@ def test_embedding_modes_never_exceed_max_model_len(pylate_colbert, mode):
     except InputError:
         return  # refusing is as good as truncating
     assert int(encoded.prompt_tokens[0]) <= 24
+
+
+def test_a_colbert_prefix_that_is_not_a_token_leaves_vllms_encoding_and_explains_the_modes(
+        pylate_colbert_prefix_not_a_token, pylate_colbert):
+    pre = TextPreprocessor(pylate_colbert_prefix_not_a_token, 512, colbert=True)  # no longer refused here
+    same = TextPreprocessor(pylate_colbert, 512, colbert=True).encode(["What is ColBERT?"])
+    np.testing.assert_array_equal(pre.encode(["What is ColBERT?"]).input_ids, same.input_ids)
+    for mode in ("query", "document"):
+        with pytest.raises(InputError, match=r"embedding_mode '%s' is not available .*'\[QX\] ' is not a token" % mode):
+            pre.encode(["What is ColBERT?"], mode=mode)

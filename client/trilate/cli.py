@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+from python_backend_models.checkpoint import DEFAULT_MODEL
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +118,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             triton_url = server.grpc_url if args.frontend_protocol == "grpc" else server.http_url
             app = create_app(triton_url, args.frontend_protocol, limits=limits,
-                             metrics_url=f"http://{config.host}:{config.metrics_port}/metrics")
+                             metrics_url=f"http://{config.host}:{config.metrics_port}/metrics",
+                             model_repository=repo)
             frontend = FrontEnd(app, args.host, args.port, log_level=args.uvicorn_log_level).start()
             print(f"trilate: REST API (vLLM-compatible) {frontend.url}  (OpenAPI page {frontend.url}/docs)",
                   flush=True)

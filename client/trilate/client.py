@@ -44,6 +44,16 @@ from .types import (
 CHUNK = 128
 
 
+def _check_text(text: str, what: str) -> str:
+    """Text must encode as UTF-8: JSON may carry a lone surrogate ("\\ud800"), which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(f"{what} is not valid Unicode text: a lone surrogate U+{ord(text[exc.start]):04X} "
+                                f"at character {exc.start}", param=what.split("[", 1)[0]) from None
+    return text
+
+
 def _text_list(value: Any, what: str) -> list[str]:
     """A string or a list of strings -> list; anything else is a clear InvalidInputError."""
     items = [value] if isinstance(value, (str, dict)) else value
@@ -57,7 +67,7 @@ def _text_list(value: Any, what: str) -> list[str]:
             raise InvalidInputError(f"{what}[{i}] must be a string, got {type(item).__name__}")
         if item == "":
             raise InvalidInputError(f"{what}[{i}] is an empty string")
-        out.append(item)
+        out.append(_check_text(item, f"{what}[{i}]"))
     return out
 
 
@@ -140,7 +150,15 @@ class TrilateClient:
                 result = self._triton().infer(model, infer_inputs, outputs=requested, parameters=params or None,
                                               client_timeout=self.timeout)
         except InferenceServerException as exc:
-            raise _translate(exc) from None
+            error = _translate(exc)
+            if isinstance(error, ModelNotFoundError):
+                # The server no longer has a model the cached cards name (a restart with another
+                # repository, an unload): forget the cards, answer as for an unknown model.
+                with self._lock:
+                    served = {c.triton_name: c.served_name for c in (self._cards or {}).values()}
+                    self._cards = None
+                error = ModelNotFoundError(served.get(model.split("__", 1)[0], model))
+            raise error from None
         return {name: result.as_numpy(name) for name in outputs}
 
     # -- models ------------------------------------------------------------------------------------
@@ -270,7 +288,8 @@ class TrilateClient:
                 if C.SPARSE_WEIGHTS in out:
                     parts.append(out[C.SPARSE_WEIGHTS][i, : int(out[C.NUM_SPARSE_WEIGHTS][i, 0])])
                 data = parts[0] if len(parts) == 1 else np.concatenate(parts)
-                items.append(PoolingItem(index=lo + i, data=np.ascontiguousarray(data)))
+                items.append(PoolingItem(index=lo + i, data=np.ascontiguousarray(data),
+                                         prompt_tokens=int(out[C.PROMPT_TOKENS][i, 0])))
         return PoolingResult(model=card.served_name, task=task, data=items, usage=Usage(prompt, prompt))
 
     def token_embed(self, model: str | None, input: str | Sequence[str], **kwargs) -> list[np.ndarray]:
@@ -389,6 +408,7 @@ class TrilateClient:
         """vLLM's ``/rerank``: documents sorted by score (stable), cut to ``top_n`` when 0 < top_n < N."""
         if not isinstance(query, str):
             raise InvalidInputError("query must be a string", param="query")
+        _check_text(query, "query")
         docs = _text_list(documents, "documents")
         if not docs:
             raise InvalidInputError("At least one text_pair element must be given", param="documents")
@@ -408,6 +428,7 @@ class TrilateClient:
         card = self.model(model)
         if not isinstance(prompt, str):
             raise InvalidInputError("prompt must be a string", param="prompt")
+        _check_text(prompt, "prompt")
         outs = [C.INPUT_IDS, C.PROMPT_TOKENS] + ([C.TOKEN_STRS] if return_token_strs else [])
         # Length limits do not apply to /tokenize: ask for truncation at a size no text reaches.
         out = self._infer(C.stage_name(card.triton_name, "preprocess"), {C.TEXT: self._texts_array([prompt])}, outs,
@@ -426,10 +447,12 @@ def _translate(exc: InferenceServerException) -> TrilateError:
     if message.startswith("in ensemble "):
         message = message.split(", ", 1)[-1]
     status = str(exc.status() or "")
+    # Triton's HTTP endpoint answers an unknown model with 400 ("Request for unknown model: ..."), gRPC
+    # with NOT_FOUND; the caller names the model.
+    if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in message:
+        return ModelNotFoundError(message)
     if status in ("400", "StatusCode.INVALID_ARGUMENT"):
         return InvalidInputError(message)
-    if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in message:
-        return TrilateError(message)
     if status in ("503", "StatusCode.UNAVAILABLE"):
         return ServerUnavailableError(message)
     return TrilateError(message)

@@ -7,6 +7,7 @@ hot path), in vLLM's key order.
 
 from __future__ import annotations
 
+import builtins
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -117,6 +118,9 @@ class PoolingRequest(_Common, _Encoding):
     input: str | list[str] | list[int] | list[list[int]] | None = None
     messages: list[dict[str, Any]] | None = None
     task: PoolingTask | None = None
+    embedding_mode: Literal["query", "document"] | None = Field(
+        default=None, description="ColBERT checkpoints with PyLate or Stanford conventions (trilate extension): "
+                                  "encode as PyLate encodes queries or documents; absent: vLLM's symmetric encoding")
     dimensions: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = Field(
         default=None, description="matryoshka output size, on models trained for it (trilate extension on "
                                   "/pooling; vLLM refuses it)")
@@ -127,6 +131,37 @@ class PoolingRequest(_Common, _Encoding):
         if self.input is None and self.messages is None:
             raise ValueError("give `input` (text) or `messages` (chat)")
         return self
+
+
+class CohereEmbedContent(_Request):
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: dict[str, Any] | None = None
+
+
+class CohereEmbedInput(_Request):
+    content: list[CohereEmbedContent]
+
+
+CohereEmbeddingType = Literal["float", "base64", "binary", "ubinary", "int8", "uint8"]
+
+
+class CohereEmbedRequest(_Request):
+    """Cohere's ``POST /v2/embed`` (what vLLM serves there; ``texts`` or ``inputs``, text only for now)."""
+
+    model: str | None = None
+    input_type: str | None = Field(default=None, description="picks a prefix from the checkpoint's "
+                                   "task_instructions (config.json) or prompts (config_sentence_transformers.json)")
+    texts: list[str] | None = None
+    images: list[str] | None = Field(default=None, description="not served yet (text models only): 400")
+    inputs: list[CohereEmbedInput] | None = Field(default=None, description="one text part per input")
+    output_dimension: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = None
+    embedding_types: list[CohereEmbeddingType] | None = Field(
+        default=None, description="default [\"float\"]; int8 / uint8 are refused (400): their quantisation is "
+                                  "not defined exactly anywhere trilate could reproduce")
+    truncate: Literal["NONE", "START", "END"] = "END"
+    max_tokens: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None
+    priority: int = Field(default=0, ge=-INT64_MAX - 1, le=INT64_MAX)
 
 
 class EmbeddingRequest(_Common, _Encoding):
@@ -240,6 +275,33 @@ class EmbeddingResponse(BaseModel):
     model: str
     data: list[EmbeddingResponseData]
     usage: UsageInfo
+
+
+class CohereEmbeddings(BaseModel):
+    float: list[list[builtins.float]] | None = None
+    binary: list[list[int]] | None = None
+    ubinary: list[list[int]] | None = None
+    base64: list[str] | None = None
+
+
+class CohereApiVersion(BaseModel):
+    version: str = "2"
+
+
+class CohereTokens(BaseModel):
+    input_tokens: int | None = None
+
+
+class CohereMeta(BaseModel):
+    api_version: CohereApiVersion
+    tokens: CohereTokens | None = None
+
+
+class CohereEmbedResponse(BaseModel):
+    id: str
+    embeddings: CohereEmbeddings
+    texts: list[str] | None = Field(default=None, description="the request's texts (absent for inputs)")
+    meta: CohereMeta
 
 
 class TokenizeResponse(BaseModel):

@@ -23,6 +23,7 @@ class ModelCard:
     embedding_modes: bool
     has_pad_token: bool
     matryoshka_dimensions: tuple[int, ...] = ()
+    prompts: dict[str, str] = field(default_factory=dict)  # Cohere input_type -> text prefix
 
     @classmethod
     def from_parameter(cls, triton_name: str, text: str) -> "ModelCard":
@@ -38,6 +39,7 @@ class ModelCard:
             embedding_modes=bool(data.get("embedding_modes", False)),
             has_pad_token=bool(data.get("has_pad_token", True)),
             matryoshka_dimensions=tuple(data.get("matryoshka_dimensions", ())),
+            prompts=dict(data.get("prompts") or {}),
         )
 
 
@@ -56,6 +58,7 @@ class Usage:
 class PoolingItem:
     index: int
     data: np.ndarray  # token_embed: (n_tokens, dim); embed: (dim,)
+    prompt_tokens: int = 0  # tokens of this input fed to the model
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,11 @@ class Encoder:
             raise InputError(f"token ids must be in [0, {self.vocab_size}); got {int(input_ids.min())}..{int(input_ids.max())}")
         for row in range(input_ids.shape[0]):
             n = item_length(attention[row], output[row])
+            # A row without a live position, or whose model sees no token, has nothing to encode; in the
+            # shared forward pass it would fail (or turn NaN) for every request of the batch.
+            if n == 0 or not attention[row, :n].any():
+                raise InputError(f"row {row} has no token to encode: its attention_mask is all 0; every text "
+                                 "needs at least one token the model attends to")
             if n > self.info.max_model_len:
                 raise InputError(f"an input has {n} tokens; this model's maximum context length is {self.info.max_model_len}")
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,8 @@ class StageModel:
         self.params = {k: v.get("string_value", "") for k, v in self.model_config.get("parameters", {}).items()}
         self.instance_kind = args.get("model_instance_kind", "CPU")
         self.device_id = int(args.get("model_instance_device_id", 0) or 0)
+        # Triton passes this model's folder; the repository root is its parent.
+        self.repository_root = Path(args.get("model_repository", ".")).parent
         self.log = pb_utils.Logger
         try:
             self.setup()
@@ -35,6 +38,12 @@ class StageModel:
 
     def setup(self) -> None:
         """Build the core from ``self.params``."""
+
+    def model_info(self):
+        """The ``model_card`` parameter, its checkpoint path resolved against this repository."""
+        from ..registry import ModelInfo
+
+        return ModelInfo.from_json(self.params["model_card"]).resolved(self.repository_root)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return [self._guarded(self.handle, request) for request in requests]

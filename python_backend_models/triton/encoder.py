@@ -7,7 +7,6 @@ import triton_python_backend_utils as pb_utils
 
 from .. import contract as C
 from ..errors import InputError
-from ..registry import ModelInfo
 from .base import (
     StageModel, bool_param, error_response, input_array, int_param, request_parameters, requested_outputs,
 )
@@ -19,7 +18,7 @@ class EncoderModel(StageModel):
     def setup(self) -> None:
         from ..families import load_encoder
 
-        self.info = ModelInfo.from_json(self.params["model_card"])
+        self.info = self.model_info()
         device = f"cuda:{self.device_id}" if self.instance_kind == "GPU" else "cpu"
         self.encoder = load_encoder(self.info, device=device, dtype=self.params.get("dtype", "auto"))
         self.encoder.max_batch_tokens = int(self.params.get("max_batch_tokens", "16384"))
@@ -67,15 +66,16 @@ class EncoderModel(StageModel):
 
     def _dimensions(self, size: int | None) -> int | None:
         """vLLM's checks of a request's ``dimensions`` (matryoshka output size)."""
-        if size is None or size == self.info.dim:
+        if size is None:
             return None
+        # As vLLM: any `dimensions` on a model that is not matryoshka, even its own size, is refused.
         if not self.info.matryoshka_dimensions:
             raise InputError(f"Model {self.info.served_name} does not support matryoshka representation, "
                              "changing output dimensions will lead to poor results.")
         if size not in self.info.matryoshka_dimensions:
             raise InputError(f"Model {self.info.served_name} only supports {list(self.info.matryoshka_dimensions)} "
                              f"matryoshka dimensions, use other output dimensions will lead to poor results.")
-        return size
+        return None if size == self.info.dim else size
 
     def _response(self, results, want_tokens, want_pooled, dim):
         n = len(results)

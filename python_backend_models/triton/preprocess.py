@@ -35,7 +35,7 @@ class PreprocessModel(StageModel):
     sides of a score ensemble with ColBERT conventions) instead of reading it per request."""
 
     def setup(self) -> None:
-        self.info = ModelInfo.from_json(self.params["model_card"])
+        self.info = self.model_info()
         self.fixed_mode = self.params.get("embedding_mode") or None
         self.core = TextPreprocessor(
             Path(self.info.path), self.info.max_model_len, do_lower_case=self.info.do_lower_case,

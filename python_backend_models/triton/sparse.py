@@ -9,7 +9,6 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from .. import contract as C
-from ..registry import ModelInfo
 from ..sparse import aggregate, vllm_span
 from ..tokenization import TextPreprocessor
 from .base import StageModel, input_array
@@ -17,7 +16,7 @@ from .base import StageModel, input_array
 
 class SparseModel(StageModel):
     def setup(self) -> None:
-        self.info = ModelInfo.from_json(self.params["model_card"])
+        self.info = self.model_info()
         core = TextPreprocessor(Path(self.info.path), self.info.max_model_len)
         self.tokenizer = core.tokenizer
         special = core.special

@@ -10,20 +10,21 @@ import logging
 import time
 import uuid
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Callable
 
 from .. import schemas as S
 from ..client import TrilateClient
 from ..errors import TrilateError
-from .errors import APIError, RouteNotFound, error_response, validation_message
+from .errors import APIError, RouteNotFound, error_response, lone_surrogate, validation_message
 from .limits import Guard, Limits
 from .metrics import METRICS_MEDIA, Metrics
 from .service import Reply, Service
 
 logger = logging.getLogger("trilate.frontend")
 
-ROUTES = {"/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/pooling", "/v1/embeddings", "/tokenize",
-          "/detokenize", "/v1/models", "/health", "/version", "/metrics"}
+ROUTES = {"/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/pooling", "/v1/embeddings", "/v2/embed",
+          "/tokenize", "/detokenize", "/v1/models", "/health", "/version", "/metrics"}
 
 TITLE = "trilate"
 DESCRIPTION = ("vLLM-compatible pooling API (score, rerank, pooling, embeddings, tokenize) over a Triton "
@@ -54,11 +55,13 @@ def create_app(
     metrics_url: str | None = None,
     limits: Limits | None = None,
     client: TrilateClient | None = None,
+    model_repository: str | Path | None = None,
 ):
     """The REST app over tritonserver at ``triton_url`` (``protocol`` "grpc" or "http").
 
     ``metrics_url``: tritonserver's Prometheus endpoint (``http://host:8012/metrics``), served on
     ``/metrics`` before the front end's own series.  ``client`` replaces the library client (tests).
+    ``model_repository``: the repository tritonserver serves, where /detokenize finds the tokenizers.
     """
     import anyio
     from fastapi import FastAPI, Request
@@ -70,7 +73,8 @@ def create_app(
     limits = limits or Limits()
     client = client or TrilateClient(triton_url, protocol=protocol)
     metrics = Metrics()
-    service = Service(client, limits, metrics, created=int(time.time()))
+    service = Service(client, limits, metrics, created=int(time.time()),
+                      model_repository=None if model_repository is None else Path(model_repository).resolve())
     limiter = anyio.CapacityLimiter(limits.max_concurrency)
 
     app = FastAPI(title=TITLE, version=version(), description=DESCRIPTION, **docs_options())
@@ -93,6 +97,9 @@ def create_app(
         return error_response(str(exc.detail), HTTPStatus(exc.status_code).phrase, exc.status_code)
 
     async def run(fn: Callable[..., Reply], *args):
+        for arg in args:  # before anything echoes a field (ids, model names) into a JSON answer
+            if (bad := lone_surrogate(arg)) is not None:
+                return error_response(bad.message, bad.type, bad.status, bad.param)
         try:
             reply = await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=limiter)
         except RouteNotFound:
@@ -139,6 +146,11 @@ def create_app(
     async def embeddings(body: S.EmbeddingRequest, request: Request):
         """OpenAI embeddings (bi-encoders; a late-interaction model answers 404 as vLLM does)."""
         return await run(service.embeddings, body, request_id(request, body))
+
+    @app.post("/v2/embed", response_model=S.CohereEmbedResponse, responses=errors, tags=["embeddings"])
+    async def cohere_embed(body: S.CohereEmbedRequest, request: Request):
+        """Cohere's embed API (models that embed): texts, input_type prefixes, float / base64 / binary / ubinary."""
+        return await run(service.cohere_embed, body, request_id(request, body))
 
     @app.post("/tokenize", response_model=S.TokenizeResponse, responses=errors, tags=["tokenizer"])
     async def tokenize(body: S.TokenizeRequest):

@@ -36,3 +36,37 @@ def validation_message(exc) -> str:
         errors.append({"type": err.get("type"), "loc": loc, "msg": err.get("msg")})
     summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
     return f"{len(errors)} validation error{'s' if len(errors) != 1 else ''}: {summary} {json.dumps(errors)}"
+
+
+def lone_surrogate(value: Any, path: str = "") -> APIError | None:
+    """The error for the first string in a parsed request that is not valid Unicode, or None.
+
+    JSON may spell a lone surrogate (``"\\ud800"``); Python keeps it in a ``str`` that cannot be encoded
+    as UTF-8, so no tokenizer, Triton tensor or JSON answer could carry it.  ``value``: a pydantic model,
+    or what its fields hold.
+    """
+    from pydantic import BaseModel
+
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            field = path or "body"
+            return APIError(f"{field} is not valid Unicode text: a lone surrogate U+{ord(value[exc.start]):04X} at "
+                            f"character {exc.start}", param=field.split(".", 1)[0].split("[", 1)[0])
+        return None
+    if isinstance(value, BaseModel):
+        items = list(value.__dict__.items()) + list((value.__pydantic_extra__ or {}).items())
+    elif isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = [(f"[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and (error := lone_surrogate(key, path or "body")) is not None:
+            return error
+        child = f"{path}{key}" if str(key).startswith("[") else (f"{path}.{key}" if path else str(key))
+        if (error := lone_surrogate(item, child)) is not None:
+            return error
+    return None

@@ -69,10 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-url", default=None, help="tritonserver metrics, e.g. http://127.0.0.1:8012/metrics")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model-repository", default=None,
+                        help="the repository tritonserver serves (for /detokenize, which reads the tokenizers)")
     add_limit_arguments(parser)
     args = parser.parse_args(argv)
     import uvicorn
 
-    app = create_app(args.triton_url, args.protocol, metrics_url=args.metrics_url, limits=limits_from_args(args))
+    app = create_app(args.triton_url, args.protocol, metrics_url=args.metrics_url, limits=limits_from_args(args),
+                     model_repository=args.model_repository)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level, timeout_keep_alive=30)
     return 0

@@ -6,6 +6,7 @@ maps the request models to its calls and its results back to vLLM's JSON (ids, e
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -55,8 +56,10 @@ class Reply:
 
 
 class Service:
-    def __init__(self, client: TrilateClient, limits: Limits, metrics: Metrics, created: int):
+    def __init__(self, client: TrilateClient, limits: Limits, metrics: Metrics, created: int,
+                 model_repository: Path | None = None):
         self.client, self.limits, self.metrics, self.created = client, limits, metrics, created
+        self.model_repository = model_repository  # where checkpoint paths of the model cards are relative to
         self._tokenizers: dict[str, Any] = {}
         self._tokenizer_lock = threading.Lock()
 
@@ -152,8 +155,9 @@ class Service:
             self._no_chat(card)
         inputs = self._text_inputs(req.input, "input", card)
         self._items(len(_as_list(inputs)), "input")
+        mode = req.embedding_mode if isinstance(req, S.PoolingRequest) else None
         result = self.client.pooling(
-            card.served_name, inputs, task=task, truncate_prompt_tokens=req.truncate_prompt_tokens,
+            card.served_name, inputs, task=task, embedding_mode=mode, truncate_prompt_tokens=req.truncate_prompt_tokens,
             truncation_side=req.truncation_side, use_activation=req.use_activation,
             add_special_tokens=req.add_special_tokens, dimensions=req.dimensions)
         self.metrics.add_tokens(route, result.model, result.usage.prompt_tokens)
@@ -165,6 +169,100 @@ class Service:
                 for item in result.data]
         return Reply(dumps({"id": rid, "object": "list", "created": int(time.time()), "model": result.model,
                              "data": data, "usage": result.usage.to_dict()}))
+
+    def cohere_embed(self, req: S.CohereEmbedRequest, rid: str) -> Reply:
+        """Cohere's /v2/embed as vLLM serves it: texts (or one-text-part inputs), input_type prefixes, typed
+        embeddings.  ``binary``/``ubinary``: one bit per value (1 where >= 0), 8 per byte, first value in the
+        highest bit; ``binary`` is that byte minus 128.  ``base64``: little-endian float32 per vector."""
+        card = self._card(req.model)
+        if "embed" not in card.tasks:
+            raise RouteNotFound
+        self._priority(req)
+        if req.texts is None and req.images is None and req.inputs is None:
+            raise APIError("One of texts, images, or inputs must be provided", param="texts")
+        if req.images is not None:
+            raise APIError(f"images are not supported by trilate yet ({card.served_name} embeds text; image "
+                           "inputs come with the image models); send texts", param="images")
+        types = list(dict.fromkeys(req.embedding_types or ["float"]))
+        quantised = [t for t in types if t in ("int8", "uint8")]
+        if quantised:
+            raise APIError(f"embedding_types {quantised} are not supported: Cohere does not define its int8/uint8 "
+                           "quantisation exactly (nor does vLLM serve it); use float, base64, binary or ubinary",
+                           param="embedding_types")
+        prefix = self._cohere_prefix(card, req.input_type)
+        echo = None
+        if req.inputs is not None:
+            texts = [prefix + self._cohere_input_text(card, i, item) for i, item in enumerate(req.inputs)]
+            param = "inputs"
+        else:
+            echo = list(req.texts or [])
+            texts = [prefix + t for t in echo]
+            param = "texts"
+        self._items(len(texts), param)
+        if not texts:
+            raise APIError(f"{param} must not be empty", param=param)
+        # vLLM: END cuts the end, START the beginning, at max_tokens (default max_model_len); NONE refuses
+        # an input over max_tokens after tokenising it.
+        truncate = None if req.truncate == "NONE" else (req.max_tokens if req.max_tokens is not None else -1)
+        side = "left" if req.truncate == "START" else None
+        try:
+            result = self.client.pooling(card.served_name, texts, task="embed", truncate_prompt_tokens=truncate,
+                                         truncation_side=side, dimensions=req.output_dimension)
+        except TrilateError as exc:
+            exc.param = {"input": param, "dimensions": "output_dimension",
+                         "truncate_prompt_tokens": "max_tokens"}.get(exc.param or "", exc.param)
+            raise
+        if req.truncate == "NONE" and req.max_tokens is not None:
+            for item in result.data:
+                if item.prompt_tokens > req.max_tokens:
+                    raise APIError(f"Input of {item.prompt_tokens} tokens exceeds max_tokens={req.max_tokens} with "
+                                   "truncate=NONE. Set truncate to END or START to allow truncation.",
+                                   param="max_tokens")
+        self.metrics.add_tokens("/v2/embed", result.model, result.usage.prompt_tokens)
+        matrix = np.stack([item.data for item in result.data]).astype(np.float32)
+        embeddings: dict[str, Any] = {}
+        for kind in ("float", "binary", "ubinary", "base64"):  # vLLM's key order
+            if kind not in types:
+                continue
+            if kind == "float":
+                embeddings[kind] = matrix.tolist()
+            elif kind == "base64":
+                embeddings[kind] = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in matrix]
+            else:
+                if matrix.shape[1] % 8:
+                    raise APIError("Embedding dimension must be a multiple of 8 for binary embedding types, but got "
+                                   f"{matrix.shape[1]}.", param="embedding_types")
+                packed = np.packbits(matrix >= 0, axis=1)  # big bit order: the first value is bit 7
+                embeddings[kind] = (packed.astype(np.int16) - 128).tolist() if kind == "binary" else packed.tolist()
+        body: dict[str, Any] = {"id": f"embd-{rid}", "embeddings": embeddings}
+        if echo is not None:
+            body["texts"] = echo
+        body["meta"] = {"api_version": {"version": "2"}, "tokens": {"input_tokens": result.usage.prompt_tokens}}
+        return Reply(dumps(body))
+
+    @staticmethod
+    def _cohere_prefix(card: ModelCard, input_type: str | None) -> str:
+        """The checkpoint's prefix for ``input_type`` (vLLM's messages when it has none)."""
+        if input_type is None:
+            return ""
+        if not card.prompts:
+            raise APIError(f"Unsupported input_type {input_type!r}. This model does not define any input_type prompt "
+                           "prefixes.", param="input_type")
+        if input_type not in card.prompts:
+            raise APIError(f"Unsupported input_type {input_type!r}. Supported values: "
+                           f"{', '.join(sorted(card.prompts))}", param="input_type")
+        return card.prompts[input_type]
+
+    @staticmethod
+    def _cohere_input_text(card: ModelCard, index: int, item: S.CohereEmbedInput) -> str:
+        if any(part.type == "image_url" for part in item.content):
+            raise APIError(f"inputs[{index}] has an image_url part: images are not supported by trilate yet "
+                           f"({card.served_name} embeds text); send text parts", param="inputs")
+        texts = [part.text for part in item.content if part.type == "text" and part.text is not None]
+        if len(texts) != 1:
+            raise APIError(f"inputs[{index}] has {len(texts)} text parts; {card.served_name} has no chat template to "
+                           "join several, so each input takes exactly one text part", param="inputs")
+        return texts[0]
 
     def _bytes_reply(self, rid: str, model: str, arrays: list[np.ndarray], prompt_tokens: int, req) -> Reply:
         body, items, offset = [], [], 0
@@ -210,8 +308,14 @@ class Service:
         with self._tokenizer_lock:
             if card.triton_name in self._tokenizers:
                 return self._tokenizers[card.triton_name]
-        info = self.client.card_json(card)
-        path = Path(info.get("path", "")) / "tokenizer.json"
+        folder = Path(self.client.card_json(card).get("path", ""))
+        if not folder.is_absolute():  # a built repository stores it relative to the repository root
+            if self.model_repository is None:
+                raise APIError(f"/detokenize needs {card.served_name}'s tokenizer.json, which lies beside the model "
+                               "repository; give the front end the repository (--model-repository)", status=501,
+                               type="NotImplementedError")
+            folder = self.model_repository / folder
+        path = folder / "tokenizer.json"
         if not path.is_file():
             raise APIError(f"/detokenize needs {card.served_name}'s tokenizer.json, which is not readable by this "
                            f"front end ({path}); run the front end beside tritonserver", status=501,
