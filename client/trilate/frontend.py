@@ -577,6 +577,7 @@ def create_app(
         description="vLLM-compatible pooling API (score, rerank, pooling, embeddings, tokenize) over a Triton "
                     "Inference Server model repository.",
     )
+    __import__("trilate.docs_page").docs_page.install_offline_docs(app)  # /docs and /redoc without the internet
     app.state.service = service
     app.state.metrics = metrics
     app.state.limits = limits
