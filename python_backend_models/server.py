@@ -124,8 +124,9 @@ def _installed(binary: Path, source: str) -> Tritonserver:
             f"(in the tritonserver container: a venv of its python3, as docker/Dockerfile does), or pass "
             f"--tritonserver to another tritonserver"
         )
+    # The installation's own libraries first; then this interpreter's libpython for the stub (as for the wheel).
     return Tritonserver(binary, source, backends,
-                        (sysconfig.get_config_var("LIBDIR"), str(prefix / "lib")))
+                        (str(prefix / "lib"), sysconfig.get_config_var("LIBDIR")))
 
 
 def find_tritonserver(explicit: str | os.PathLike[str] | None = None) -> Tritonserver:
@@ -260,6 +261,7 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self.install: Tritonserver | None = None
         self.load_progress = LoadProgress()
+        self._reader: threading.Thread | None = None
         self._tail: list[str] = []
 
     def start(self, timeout: float = 300.0, stream_output: bool = False,
@@ -270,8 +272,9 @@ class TritonServer:
             self.config.command(self.install), env=server_environment(self.install), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
-        threading.Thread(target=self._pump, args=(self.process, stream_output), name="tritonserver-output",
-                         daemon=True).start()
+        self._reader = threading.Thread(target=self._pump, args=(self.process, stream_output),
+                                        name="tritonserver-output", daemon=True)
+        self._reader.start()
         self.wait_ready(timeout)
         return self
 
@@ -313,7 +316,8 @@ class TritonServer:
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                time.sleep(0.2)  # let the output thread read the last lines
+                if self._reader is not None:  # its last lines (stubs may hold the pipe open: bounded wait)
+                    self._reader.join(timeout=5)
                 raise ServerError(
                     f"tritonserver exited with code {self.process.returncode} while loading models: "
                     + self._exit_reason() + (f" (full log: {self.log_file})" if self.log_file else "")

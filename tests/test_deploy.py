@@ -71,7 +71,7 @@ def test_base_image_is_a_pinned_tritonserver_release_with_python_312():
     (base,) = re.findall(r"^FROM (\S+)", DOCKERFILE.read_text(), re.M)
     m = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d\d)\.(\d\d)-py3", base)
     assert m, base
-    # 24.12 is the first release on Ubuntu 24.04 / Python 3.12; the lock needs Python >= 3.11.
+    # 24.12 is on Ubuntu 24.04 / Python 3.12; 24.10 has Python 3.10, and the lock needs Python >= 3.11.
     assert (int(m[1]), int(m[2])) >= (24, 12)
 
 

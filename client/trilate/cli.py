@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--tritonserver", default=None, metavar="PATH",
                        help="tritonserver binary (default: `tritonserver` on PATH, else the nvidia-pytriton wheel's)")
     serve.add_argument("-q", "--quiet", action="store_true",
-                       help="no progress lines or download bars; errors and the ready line only")
+                       help="no progress lines or download bars: errors and the ready lines only")
     serve.add_argument("--startup-timeout", type=float, default=600.0)
     serve.add_argument("--port", type=int, default=8000,
                        help="port of the vLLM-compatible REST front end (bound to --host)")
