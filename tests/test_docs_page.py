@@ -3,8 +3,10 @@
 FastAPI's default /docs loads Swagger UI from a public CDN; in an air-gapped cluster that is an empty
 white page.  The static tests check that every URL the pages reference is served by the app itself;
 the browser test opens /docs in Debian's headless Chromium with every host name but the loopback one
-unresolvable, records each request in Chromium's NetLog, and checks that the rendered page lists the
-routes and that no request left the machine.  `make test` installs Chromium first (`make chromium`).
+unresolvable, records everything in Chromium's NetLog, and checks that the rendered page lists the
+routes, that the page asked only the server, and that no TCP connection or datagram left loopback.  The
+control, FastAPI's default CDN page, is blank in the same browser.  `make test` installs Chromium first
+(`make chromium`); without it these tests fail, naming that target.
 """
 
 from __future__ import annotations
@@ -117,12 +119,15 @@ BROWSER_SERVICES = {"update.googleapis.com", "accounts.google.com", "clients2.go
 LOOPBACK = {"127.0.0.1", "localhost"}
 
 
-def netlog_requests(path) -> list[dict]:
-    """Each URL request in a Chromium NetLog: ``url``, ``initiator``, ``site`` (the page it was made for)."""
+def netlog(path) -> dict:
     text = path.read_text().rstrip()
     if not text.endswith("}"):  # Chromium may leave the event list unterminated when it exits
         text = text.rstrip(",") + "]}"
-    log = json.loads(text)
+    return json.loads(text)
+
+
+def netlog_requests(log: dict) -> list[dict]:
+    """Each URL request in a Chromium NetLog: ``url``, ``initiator``, ``site`` (the page it was made for)."""
     start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
     requests = []
     for event in log["events"]:
@@ -133,23 +138,33 @@ def netlog_requests(path) -> list[dict]:
     return requests
 
 
+def netlog_peers(log: dict) -> list[str]:
+    """Addresses bytes were sent to: TCP connections made, UDP datagrams sent.  (Chromium also connect()s
+    a UDP socket to a public address to learn its IPv6 route; that sends nothing and is not listed.)"""
+    types = log["constants"]["logEventTypes"]
+    wanted = {types["TCP_CONNECT"]: "remote_address", types["UDP_BYTES_SENT"]: "address"}
+    return [event["params"][wanted[event["type"]]] for event in log["events"]
+            if event["type"] in wanted and wanted[event["type"]] in (event.get("params") or {})]
+
+
 def host(url: str) -> str | None:
     return urllib.parse.urlsplit(url).hostname
 
 
-def load_in_chromium(url: str, tmp_path) -> tuple[str, list[dict], list[dict]]:
-    """(rendered DOM, the page's requests, Chromium's own requests) for ``url`` on loopback."""
-    netlog = tmp_path / "netlog.json"
-    dom = run_chromium(tmp_path, f"--log-net-log={netlog}", "--dump-dom", url)
+def load_in_chromium(url: str, tmp_path) -> tuple[str, list[dict], list[dict], list[str]]:
+    """(rendered DOM, the page's requests, Chromium's own requests, peers sent to) for ``url`` on loopback."""
+    path = tmp_path / "netlog.json"
+    dom = run_chromium(tmp_path, f"--log-net-log={path}", "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
     origin = "{0.scheme}://{0.hostname}".format(urllib.parse.urlsplit(url))
-    requests = netlog_requests(netlog)
+    log = netlog(path)
+    requests = netlog_requests(log)
     page = [r for r in requests if r["site"] == origin or r["initiator"].startswith(origin)]
-    return dom.stdout, page, [r for r in requests if r not in page]
+    return dom.stdout, page, [r for r in requests if r not in page], netlog_peers(log)
 
 
 def test_docs_page_renders_the_routes_in_chromium_and_asks_nothing_off_the_machine(served_docs, tmp_path):
-    dom, page, browser = load_in_chromium(f"{served_docs}/docs", tmp_path)
+    dom, page, browser, peers = load_in_chromium(f"{served_docs}/docs", tmp_path)
     # Swagger UI built the page from /openapi.json: each route's block is there, with its path.
     for route in ROUTES_SHOWN:
         assert f'data-path="{route}"' in dom, f"{route} is not on the rendered page"
@@ -157,6 +172,8 @@ def test_docs_page_renders_the_routes_in_chromium_and_asks_nothing_off_the_machi
     assert {f"{STATIC_URL}/swagger-ui-bundle.js", f"{STATIC_URL}/swagger-ui.css", "/openapi.json"} <= fetched
     assert [r["url"] for r in page if host(r["url"]) not in LOOPBACK] == []
     assert {host(r["url"]) for r in browser} - LOOPBACK <= BROWSER_SERVICES
+    # And nothing at all left the machine: every byte went to loopback.
+    assert peers and [p for p in peers if p.rsplit(":", 1)[0].strip("[]") not in ("127.0.0.1", "::1")] == []
 
 
 @pytest.fixture
@@ -176,7 +193,7 @@ def cdn_docs():
 
 def test_the_browser_check_catches_fastapis_cdn_page(cdn_docs, tmp_path):
     """Control: FastAPI's default /docs, in the same browser, asks a CDN and renders no route."""
-    dom, page, _ = load_in_chromium(f"{cdn_docs}/docs", tmp_path)
+    dom, page, _, _ = load_in_chromium(f"{cdn_docs}/docs", tmp_path)
     assert 'data-path="/score"' not in dom
     assert "cdn.jsdelivr.net" in {host(r["url"]) for r in page}
 
