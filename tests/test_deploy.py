@@ -307,6 +307,7 @@ def test_serve_reports_a_bad_tritonserver_before_loading_anything(tmp_path):
     out = subprocess.run([str(BIN / "trilate"), "serve", "--tritonserver", str(tmp_path / "nope"), "--no-frontend",
                           "--model-repository", str(tmp_path / "repo")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "--tritonserver" in out.stderr and "no executable file" in out.stderr
+    assert not (tmp_path / "repo").exists()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,6 +332,16 @@ def test_load_progress_names_each_model_with_its_seconds_and_state():
     assert seen == ["loading m__encoder", "loading trilate__cosine", "trilate__cosine READY after 2.5 s",
                     'm__encoder FAILED after 8.0 s: Internal: ValueError: no "model.safetensors" in folder']
     assert progress.failed == {"m__encoder": 'Internal: ValueError: no "model.safetensors" in folder'}
+
+
+def test_models_still_loading_are_named_with_their_seconds_so_far():
+    clock = iter([0.0, 1.0, 2.0, 31.0])
+    seen = []
+    progress = S.LoadProgress(seen.append, clock=lambda: next(clock))
+    progress.feed(TRITON_LINES[0])
+    progress.feed(TRITON_LINES[1])
+    progress.report_still_loading()
+    assert seen[-1] == "still loading: m__encoder (30 s), trilate__cosine (29 s)"
 
 
 @pytest.mark.server

@@ -115,7 +115,7 @@ def cmd_build_repo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from python_backend_models.server import ServerConfig, ServerError, TritonServer
+    from python_backend_models.server import ServerConfig, ServerError, TritonServer, find_tritonserver
 
     frontend = None
     if not args.no_frontend:
@@ -123,6 +123,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         limits = limits_from_args(args)
         check_port_free(args.host, args.port)  # before minutes of model loading
+    try:  # before any download or build
+        _say(args, f"tritonserver {find_tritonserver(args.tritonserver).describe()}")
+    except ServerError as exc:
+        print(f"trilate: {exc}", file=sys.stderr)
+        return 1
     repo = Path(args.model_repository) if args.model_repository else Path(tempfile.mkdtemp(prefix="trilate-repo-"))
     _progress_setup(args)
     infos = _build_with_progress(args, repo)
@@ -130,11 +135,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           grpc_port=args.grpc_port, metrics_port=args.metrics_port, log_verbose=args.log_verbose,
                           tritonserver=args.tritonserver)
     server = TritonServer(config, log_file=repo.resolve() / "tritonserver.log")
-    try:
-        _say(args, f"tritonserver {config.install().describe()}")
-    except ServerError as exc:
-        print(f"trilate: {exc}", file=sys.stderr)
-        return 1
     _say(args, f"starting tritonserver; each model's loading follows (its full log: {server.log_file})")
     stop = {"now": False}
 
