@@ -99,6 +99,13 @@ def test_the_projects_own_pins_equal_the_lock():
         assert pins[canonical(name.split("[")[0])] == version, requirement
 
 
+def test_the_build_context_leaves_out_the_local_environment():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", ".trilate-cache", "model_repository"} <= set(ignored)
+    copied = re.findall(r"^COPY (\S+)", DOCKERFILE.read_text(), re.M)
+    assert not set(copied) & set(ignored)
+
+
 def test_image_runs_as_a_non_root_user_with_the_same_trilate_serve_entrypoint():
     text = DOCKERFILE.read_text()
     (user,) = re.findall(r"^USER (\S+)", text, re.M)
