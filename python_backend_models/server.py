@@ -137,22 +137,20 @@ def find_tritonserver(explicit: str | os.PathLike[str] | None = None) -> Tritons
     except ServerError:
         pass
     if explicit is not None:
-        binary = Path(explicit).expanduser()
-        if not (binary.is_file() and os.access(binary, os.X_OK)):
+        found = Path(explicit).expanduser()
+        if not (found.is_file() and os.access(found, os.X_OK)):
             raise ServerError(f"--tritonserver {explicit}: no executable file there")
-        candidates = [(binary, "--tritonserver")]
+        source = "--tritonserver"
     else:
         on_path = shutil.which("tritonserver")
-        candidates = [(Path(on_path), "PATH")] if on_path else []
-    for binary, source in candidates:
-        if wheel_binary is not None and binary.resolve() == wheel_binary:
-            break  # the wheel's own binary: assemble its backend folder below
-        return _installed(binary, source)
+        found, source = (Path(on_path), "PATH") if on_path else (None, WHEEL)
+    if found is not None and (wheel_binary is None or found.resolve() != wheel_binary):
+        return _installed(found, source)
     if wheel_binary is None:
         raise ServerError("no tritonserver: none on PATH and nvidia-pytriton is not installed; "
                           "pass --tritonserver PATH, or pip install nvidia-pytriton==0.7.0")
-    source = candidates[0][1] if candidates else WHEEL
-    return Tritonserver(wheel_binary, source if source == WHEEL else f"{source}, {WHEEL}",
+    # The wheel's binary (found directly, or named by PATH / --tritonserver): our own backend folder.
+    return Tritonserver(wheel_binary, WHEEL if source == WHEEL else f"{source}: {WHEEL}",
                         backend_directory(), tuple(_library_dirs()))
 
 
