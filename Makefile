@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test venv repo clean lock bench
+.PHONY: serve test venv repo clean lock bench chromium
 
 venv: $(STAMP)
 
@@ -20,8 +20,8 @@ $(STAMP): requirements.lock pyproject.toml
 serve: $(STAMP)
 	$(BIN)/trilate serve $(MODEL) --model-repository model_repository $(SERVE_ARGS)
 
-# Every test this machine can run, tritonserver included.
-test: $(STAMP)
+# Every test this machine can run, tritonserver and a headless browser included.
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Write the default model's repository to model_repository/ without serving.
@@ -31,6 +31,15 @@ repo: $(STAMP)
 # The REST front end's added latency over direct tritonclient calls (starts its own server).
 bench: $(STAMP)
 	$(BIN)/python bench/frontend_latency.py $(BENCH_ARGS)
+
+# Debian's headless Chromium for the /docs browser test (tests/test_docs_page.py), installed when absent
+# (as root, ~30 s). The pin is what Debian 12's security archive serves; when Debian replaces it, set
+# CHROMIUM_VERSION to `apt-cache policy chromium`'s candidate.
+CHROMIUM_VERSION ?= 156.0.8078.114-1~deb12u1
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends "chromium=$(CHROMIUM_VERSION)" "chromium-common=$(CHROMIUM_VERSION)"; } \
+	  || { echo "error: could not install chromium $(CHROMIUM_VERSION); see CHROMIUM_VERSION in the Makefile"; exit 1; }
 
 lock: $(STAMP)
 	{ echo "# Every package the project's environment holds, pinned. Regenerate with: make lock"; \

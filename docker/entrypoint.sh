@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# Build the repository for the models given as arguments (default: all-MiniLM-L6-v2), then run the
-# container's own tritonserver on all interfaces of the container (publish ports to loopback on the host).
+# The container's command: `trilate serve` exactly as on a laptop, with the container's settings.  Arguments
+# are models and `trilate serve` options (later options win), e.g.
+#   docker run ... trilate answerdotai/answerai-colbert-small-v1 --max-model-len 512
+#   docker run ... trilate --no-frontend                      # tritonserver only (compose, Kubernetes)
+# It binds every interface *inside* the container; publish the ports on the host's loopback
+# (-p 127.0.0.1:8000:8000) unless a load balancer or an orchestrator's network sits in front.
+# tritonserver: the container's (first on PATH); see `trilate serve --help` for --tritonserver.
 set -euo pipefail
-trilate build-repo "$@" --device gpu --output /opt/trilate/model_repository
-exec tritonserver --model-repository=/opt/trilate/model_repository \
-    --http-port=8010 --grpc-port=8011 --metrics-port=8012
+exec trilate serve \
+    --host "${TRILATE_HOST:-0.0.0.0}" \
+    --device "${TRILATE_DEVICE:-gpu}" \
+    --model-repository "${TRILATE_MODEL_REPOSITORY:-/cache/model_repository}" \
+    --port 8000 --http-port 8010 --grpc-port 8011 --metrics-port 8012 \
+    "$@"

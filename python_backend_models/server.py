@@ -1,4 +1,10 @@
-"""Running ``tritonserver`` without Docker, from the ``nvidia-pytriton`` wheel.
+"""Running ``tritonserver``: the container's own, or the one in the ``nvidia-pytriton`` wheel.
+
+Which one (:func:`find_tritonserver`): ``--tritonserver PATH``, else ``tritonserver`` on ``PATH`` (NVIDIA's
+container puts ``/opt/tritonserver/bin`` there), else the wheel.  A tritonserver of an installation
+(``<prefix>/bin/tritonserver``) uses that installation's ``<prefix>/backends``; its Python backend stub
+embeds one Python version, which must be the one running trilate (the stub imports trilate and torch from
+this environment), and that is checked before starting.
 
 The wheel carries tritonserver 2.51, its libraries and the Python backend with one stub per Python
 version.  We assemble a backend folder of our own (the backend library plus the stub matching this
@@ -10,13 +16,16 @@ and extension modules fail to import inside the stub).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,9 +83,81 @@ def backend_directory() -> Path:
     return dest
 
 
-def server_environment() -> dict[str, str]:
+# -- which tritonserver ------------------------------------------------------------------------------
+
+WHEEL = "the nvidia-pytriton wheel"
+
+
+@dataclass(frozen=True)
+class Tritonserver:
+    """One tritonserver installation: the binary, where it was found, its backends and libraries."""
+
+    binary: Path
+    source: str  # "--tritonserver", "PATH" or WHEEL
+    backend_directory: Path
+    library_dirs: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{self.binary} (from {self.source})"
+
+
+def stub_python_version(stub: Path) -> str | None:
+    """The ``X.Y`` of the ``libpython`` a ``triton_python_backend_stub`` links, or None if it names none."""
+    found = set(re.findall(rb"libpython(3\.\d+)\.so", stub.read_bytes()))
+    return found.pop().decode() if len(found) == 1 else None
+
+
+def _installed(binary: Path, source: str) -> Tritonserver:
+    """A tritonserver outside the wheel, e.g. the container's ``/opt/tritonserver/bin/tritonserver``."""
+    prefix = binary.resolve().parent.parent
+    backends = prefix / "backends"
+    stub = backends / "python" / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"{binary} ({source}) has no Python backend: {stub} is missing. trilate's models need "
+                          f"it; use NVIDIA's tritonserver container or the nvidia-pytriton wheel")
+    ours = f"{sys.version_info.major}.{sys.version_info.minor}"
+    theirs = stub_python_version(stub)
+    if theirs is not None and theirs != ours:
+        raise ServerError(
+            f"the Python backend stub of {binary} ({source}) embeds Python {theirs}, but trilate runs on Python "
+            f"{ours}: the stub would not import this environment's packages. Run trilate with Python {theirs} "
+            f"(in the tritonserver container: a venv of its python3, as docker/Dockerfile does), or pass "
+            f"--tritonserver to another tritonserver"
+        )
+    # The installation's own libraries first; then this interpreter's libpython for the stub (as for the wheel).
+    return Tritonserver(binary, source, backends,
+                        (str(prefix / "lib"), sysconfig.get_config_var("LIBDIR")))
+
+
+def find_tritonserver(explicit: str | os.PathLike[str] | None = None) -> Tritonserver:
+    """``explicit`` (``--tritonserver``), else ``tritonserver`` on ``PATH``, else the nvidia-pytriton wheel."""
+    wheel_binary = None
+    try:
+        wheel_binary = tritonserver_binary().resolve()
+    except ServerError:
+        pass
+    if explicit is not None:
+        found = Path(explicit).expanduser()
+        if not (found.is_file() and os.access(found, os.X_OK)):
+            raise ServerError(f"--tritonserver {explicit}: no executable file there")
+        source = "--tritonserver"
+    else:
+        on_path = shutil.which("tritonserver")
+        found, source = (Path(on_path), "PATH") if on_path else (None, WHEEL)
+    if found is not None and (wheel_binary is None or found.resolve() != wheel_binary):
+        return _installed(found, source)
+    if wheel_binary is None:
+        raise ServerError("no tritonserver: none on PATH and nvidia-pytriton is not installed; "
+                          "pass --tritonserver PATH, or pip install nvidia-pytriton==0.7.0")
+    # The wheel's binary (found directly, or named by PATH / --tritonserver): our own backend folder.
+    return Tritonserver(wheel_binary, WHEEL if source == WHEEL else f"{source}: {WHEEL}",
+                        backend_directory(), tuple(_library_dirs()))
+
+
+def server_environment(install: Tritonserver | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(_library_dirs() + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
+    dirs = list(install.library_dirs) if install is not None else _library_dirs()
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(dirs + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
     # The stub's embedded interpreter finds its prefix through PATH: put this environment's first so
     # it sees the same site-packages (and the editable install of trilate) as we do.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -93,12 +174,17 @@ class ServerConfig:
     metrics_port: int = 8012
     log_verbose: int = 0
     extra_args: list[str] = field(default_factory=list)
+    tritonserver: str | None = None  # --tritonserver; None: PATH, then the wheel
 
-    def command(self) -> list[str]:
+    def install(self) -> Tritonserver:
+        return find_tritonserver(self.tritonserver)
+
+    def command(self, install: Tritonserver | None = None) -> list[str]:
+        install = install or self.install()
         return [
-            str(tritonserver_binary()),
+            str(install.binary),
             f"--model-repository={self.model_repository}",
-            f"--backend-directory={backend_directory()}",
+            f"--backend-directory={install.backend_directory}",
             f"--http-address={self.host}",
             f"--http-port={self.http_port}",
             f"--grpc-address={self.host}",
@@ -115,22 +201,104 @@ class ServerConfig:
         ]
 
 
+class LoadProgress:
+    """Turns tritonserver's model-lifecycle log lines into one line per event a person can follow.
+
+    ``emit`` gets ``loading NAME``, ``NAME READY after S s`` and ``NAME FAILED after S s: REASON``;
+    ``clock`` is injectable so the arithmetic is testable without waiting.
+    """
+
+    LOADING = re.compile(r'\] "loading: (?P<name>.+):(?P<version>\d+)"\s*$')
+    LOADED = re.compile(r"""\] "successfully loaded '(?P<name>[^']+)'""")
+    FAILED = re.compile(r"""\] "failed to load '(?P<name>[^']+)' version \d+: (?P<reason>.*?)"?\s*$""")
+
+    def __init__(self, emit: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic):
+        self.emit = emit or (lambda _message: None)
+        self.clock = clock
+        self.started = clock()
+        self.loading: dict[str, float] = {}
+        self.ready: dict[str, float] = {}
+        self.failed: dict[str, str] = {}
+
+    def feed(self, line: str) -> None:
+        if m := self.LOADING.search(line):
+            self.loading[m["name"]] = self.clock()
+            self.emit(f"loading {m['name']}")
+        elif m := self.LOADED.search(line):
+            seconds = self.clock() - self.loading.pop(m["name"], self.started)
+            self.ready[m["name"]] = seconds
+            self.emit(f"{m['name']} READY after {seconds:.1f} s")
+        elif m := self.FAILED.search(line):
+            seconds = self.clock() - self.loading.pop(m["name"], self.started)
+            reason = m["reason"].replace("\\n", " ").replace('\\"', '"').strip()
+            self.failed[m["name"]] = reason
+            self.emit(f"{m['name']} FAILED after {seconds:.1f} s: {reason}")
+
+    def still_loading(self) -> list[tuple[str, float]]:
+        now = self.clock()
+        return [(name, now - since) for name, since in self.loading.items()]
+
+    def report_still_loading(self) -> None:
+        pending = self.still_loading()
+        if pending:
+            self.emit("still loading: " + ", ".join(f"{name} ({seconds:.0f} s)" for name, seconds in pending))
+
+
 class TritonServer:
-    """A tritonserver process: ``start()`` waits until every model is ready; ``stop()`` ends it."""
+    """A tritonserver process: ``start()`` waits until every model is ready; ``stop()`` ends it.
+
+    Its output goes to ``log_file`` (if given), to our stdout with ``stream_output``, and through
+    :class:`LoadProgress` to ``progress`` (one line per model loading / READY / FAILED).
+    """
+
+    HEARTBEAT_S = 30.0  # how often `progress` hears which models are still loading
 
     def __init__(self, config: ServerConfig, log_file: Path | None = None):
         self.config = config
         self.log_file = log_file
         self.process: subprocess.Popen | None = None
+        self.install: Tritonserver | None = None
+        self.load_progress = LoadProgress()
+        self._reader: threading.Thread | None = None
+        self._tail: list[str] = []
 
-    def start(self, timeout: float = 300.0, stream_output: bool = False) -> "TritonServer":
-        out = None if stream_output else open(self.log_file or os.devnull, "ab")
+    def start(self, timeout: float = 300.0, stream_output: bool = False,
+              progress: Callable[[str], None] | None = None) -> "TritonServer":
+        self.install = self.config.install()
+        self.load_progress = LoadProgress(progress)
         self.process = subprocess.Popen(
-            self.config.command(), env=server_environment(), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.config.command(self.install), env=server_environment(self.install), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )
+        self._reader = threading.Thread(target=self._pump, args=(self.process, stream_output),
+                                        name="tritonserver-output", daemon=True)
+        self._reader.start()
         self.wait_ready(timeout)
         return self
+
+    def _pump(self, process: subprocess.Popen, stream_output: bool) -> None:
+        """Read every output line (tritonserver never blocks on a full pipe) and pass it on."""
+        log = open(self.log_file, "ab") if self.log_file else None
+        try:
+            for raw in process.stdout:
+                if log is not None:
+                    log.write(raw)
+                    log.flush()
+                if stream_output:
+                    sys.stdout.buffer.write(raw)
+                    sys.stdout.flush()
+                line = raw.decode("utf-8", errors="replace")
+                self._tail = (self._tail + [line])[-20:]
+                self.load_progress.feed(line)
+        finally:
+            if log is not None:
+                log.close()
+
+    def _exit_reason(self) -> str:
+        failed = self.load_progress.failed
+        if failed:
+            return "; ".join(f"{name} failed: {reason}" for name, reason in failed.items())
+        return "its last output:\n" + "".join(self._tail)
 
     @property
     def http_url(self) -> str:
@@ -142,12 +310,15 @@ class TritonServer:
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        heartbeat = time.monotonic() + self.HEARTBEAT_S
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
+                if self._reader is not None:  # its last lines (stubs may hold the pipe open: bounded wait)
+                    self._reader.join(timeout=5)
                 raise ServerError(
-                    f"tritonserver exited with code {self.process.returncode} while loading models"
-                    + (f"; see {self.log_file}" if self.log_file else "")
+                    f"tritonserver exited with code {self.process.returncode} while loading models: "
+                    + self._exit_reason() + (f" (full log: {self.log_file})" if self.log_file else "")
                 )
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
@@ -155,6 +326,9 @@ class TritonServer:
                         return
             except OSError:
                 pass
+            if time.monotonic() > heartbeat:
+                self.load_progress.report_still_loading()
+                heartbeat = time.monotonic() + self.HEARTBEAT_S
             time.sleep(0.5)
         self.stop()
         raise ServerError(f"tritonserver was not ready after {timeout:.0f} s" + (f"; see {self.log_file}" if self.log_file else ""))

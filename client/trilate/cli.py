@@ -78,6 +78,34 @@ def _build(args: argparse.Namespace, output: Path):
         raise SystemExit(f"error: {exc}") from None
 
 
+def _say(args: argparse.Namespace, message: str) -> None:
+    """A progress line for a person (silenced by -q); errors go to stderr regardless."""
+    if not getattr(args, "quiet", False):
+        print(f"trilate: {message}", flush=True)
+
+
+def _progress_setup(args: argparse.Namespace) -> None:
+    """huggingface_hub's download progress bars on, unless -q (or HF_HUB_DISABLE_PROGRESS_BARS) says not."""
+    from huggingface_hub.utils import disable_progress_bars
+
+    if getattr(args, "quiet", False):
+        disable_progress_bars()
+
+
+def _build_with_progress(args: argparse.Namespace, output: Path):
+    """``_build``, saying what it builds (downloads of hub ids show huggingface_hub's bars) and how long it took."""
+    started = time.monotonic()
+    models = args.models or [DEFAULT_MODEL]
+    _say(args, f"building the model repository for {', '.join(models)} in {output.resolve()} "
+               "(a Hugging Face id not in the cache is downloaded first)")
+    infos = _build(args, output)
+    for info in infos:
+        _say(args, f"{info.served_name}: {info.architecture} ({info.score_type}, dim {info.dim}, "
+                   f"max_model_len {info.max_model_len})")
+    _say(args, f"model repository written in {time.monotonic() - started:.1f} s")
+    return infos
+
+
 def cmd_build_repo(args: argparse.Namespace) -> int:
     infos = _build(args, Path(args.output))
     for info in infos:
@@ -87,7 +115,7 @@ def cmd_build_repo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from python_backend_models.server import ServerConfig, ServerError, TritonServer
+    from python_backend_models.server import ServerConfig, ServerError, TritonServer, find_tritonserver
 
     frontend = None
     if not args.no_frontend:
@@ -95,13 +123,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         limits = limits_from_args(args)
         check_port_free(args.host, args.port)  # before minutes of model loading
+    try:  # before any download or build
+        _say(args, f"tritonserver {find_tritonserver(args.tritonserver).describe()}")
+    except ServerError as exc:
+        print(f"trilate: {exc}", file=sys.stderr)
+        return 1
     repo = Path(args.model_repository) if args.model_repository else Path(tempfile.mkdtemp(prefix="trilate-repo-"))
-    infos = _build(args, repo)
+    _progress_setup(args)
+    infos = _build_with_progress(args, repo)
     config = ServerConfig(model_repository=repo.resolve(), host=args.host, http_port=args.http_port,
-                          grpc_port=args.grpc_port, metrics_port=args.metrics_port, log_verbose=args.log_verbose)
-    server = TritonServer(config)
-    print(f"trilate: model repository {repo.resolve()}; starting tritonserver (loading models takes a while)",
-          flush=True)
+                          grpc_port=args.grpc_port, metrics_port=args.metrics_port, log_verbose=args.log_verbose,
+                          tritonserver=args.tritonserver)
+    server = TritonServer(config, log_file=repo.resolve() / "tritonserver.log")
+    _say(args, f"starting tritonserver; each model's loading follows (its full log: {server.log_file})")
     stop = {"now": False}
 
     def _on_signal(signum, frame):
@@ -109,10 +143,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     try:
-        server.start(timeout=args.startup_timeout, stream_output=True)
+        server.start(timeout=args.startup_timeout, stream_output=args.log_verbose > 0,
+                     progress=lambda message: _say(args, message))
         for info in infos:
-            print(f"trilate: serving {info.served_name!r} ({info.architecture}, {', '.join(info.tasks)}; "
-                  f"scores: {info.score_type})", flush=True)
+            _say(args, f"serving {info.served_name!r} ({info.architecture}, {', '.join(info.tasks)}; "
+                       f"scores: {info.score_type})")
         if not args.no_frontend:
             from .frontend import FrontEnd, create_app
 
@@ -153,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--grpc-port", type=int, default=8011)
     serve.add_argument("--metrics-port", type=int, default=8012)
     serve.add_argument("--model-repository", default=None, help="where to write the repository (default: a temp dir)")
-    serve.add_argument("--log-verbose", type=int, default=0)
+    serve.add_argument("--log-verbose", type=int, default=0,
+                       help="tritonserver's log level; above 0 its whole log is also shown here")
+    serve.add_argument("--tritonserver", default=None, metavar="PATH",
+                       help="tritonserver binary (default: `tritonserver` on PATH, else the nvidia-pytriton wheel's)")
+    serve.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress lines or download bars: errors and the ready lines only")
     serve.add_argument("--startup-timeout", type=float, default=600.0)
     serve.add_argument("--port", type=int, default=8000,
                        help="port of the vLLM-compatible REST front end (bound to --host)")

@@ -35,15 +35,19 @@ class ServeError(RuntimeError):
 class ServeProcess:
     """Starts ``trilate serve ARGS`` with its four ports chosen here and waits for "trilate: ready".
 
-    Output is read continuously (tritonserver never blocks on a full pipe) and kept in ``lines``.
+    Output is read continuously (tritonserver never blocks on a full pipe) and kept in ``lines``: the
+    progress lines (which tritonserver, each model loading / READY / FAILED) and errors.
     """
 
-    def __init__(self, args: list[str], *, timeout: float = 600.0, env: dict[str, str] | None = None):
+    def __init__(self, args: list[str], *, timeout: float = 600.0, env: dict[str, str] | None = None,
+                 command: list[str] | None = None):
+        """``command``: what runs in place of ``trilate serve`` (e.g. the container's entrypoint script);
+        it gets ``args`` and then the four port options, which win over any it sets itself."""
         self.port, self.http_port, self.grpc_port, self.metrics_port = free_ports(4)
-        trilate = str(Path(sys.executable).parent / "trilate")
+        command = command or [str(Path(sys.executable).parent / "trilate"), "serve"]
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [trilate, "serve", *args, "--port", str(self.port), "--http-port", str(self.http_port),
+            [*command, *args, "--port", str(self.port), "--http-port", str(self.http_port),
              "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
             env={**os.environ, **(env or {})},

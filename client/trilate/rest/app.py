@@ -32,13 +32,16 @@ DESCRIPTION = ("vLLM-compatible pooling API (score, rerank, pooling, embeddings,
 
 
 def docs_options() -> dict[str, Any]:
-    """FastAPI's API docs settings (``/docs`` Swagger UI, ``/openapi.json``): the one place that decides how the
-    docs page is served (``add_docs_routes`` adds any routes it needs)."""
-    return {"docs_url": "/docs", "redoc_url": None, "openapi_url": "/openapi.json"}
+    """FastAPI's API docs settings (``/docs`` Swagger UI, ``/redoc``, ``/openapi.json``): the one place that decides
+    how the docs pages are served (``add_docs_routes`` serves them)."""
+    return {"docs_url": "/docs", "redoc_url": "/redoc", "openapi_url": "/openapi.json"}
 
 
 def add_docs_routes(app) -> None:
-    """Routes the docs page needs beyond FastAPI's own (none while FastAPI serves Swagger UI itself)."""
+    """The docs pages from the package's own copies of Swagger UI and ReDoc, not a CDN (air-gapped clusters)."""
+    from ..docs_page import install_offline_docs
+
+    install_offline_docs(app)
 
 
 def request_id(request, body: Any) -> str:
