@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test venv repo clean lock bench
+.PHONY: serve test venv repo clean lock bench bench-frontend perf-analyzer
 
 venv: $(STAMP)
 
@@ -28,9 +28,18 @@ test: $(STAMP)
 repo: $(STAMP)
 	$(BIN)/trilate build-repo $(MODEL) --output model_repository
 
+# trilate against the in-process libraries, perf_analyzer included (starts its own server, ~8 min on 2 cores):
+# writes bench/results/<date>-<host>.{md,json,png} and the README's performance table.
+bench: $(STAMP) perf-analyzer
+	$(BIN)/python bench/bench.py --readme README.md $(BENCH_ARGS)
+
 # The REST front end's added latency over direct tritonclient calls (starts its own server).
-bench: $(STAMP)
+bench-frontend: $(STAMP)
 	$(BIN)/python bench/frontend_latency.py $(BENCH_ARGS)
+
+# The real perf_analyzer binary in .trilate/perf_analyzer/ (pip and apt-get download; idempotent).
+perf-analyzer: $(STAMP)
+	bash bench/install_perf_analyzer.sh $(BIN)/python
 
 lock: $(STAMP)
 	{ echo "# Every package the project's environment holds, pinned. Regenerate with: make lock"; \
