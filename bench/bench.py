@@ -166,7 +166,7 @@ def inprocess(models: dict, docs: dict, tokens: dict, args) -> dict:
                 return [float((q @ torch.as_tensor(np.asarray(v)).T).max(dim=1).values.sum()) for v in d]
         model.eval()
         with torch.inference_mode():
-            encode(min(args.batch_sizes))  # warm-up
+            model.encode_document(docs[key][:8]) if m["kind"] == "colbert" else model.encode(docs[key][:8])  # warm-up
             result = best_of(encode, args.batch_sizes, sum(tokens[key]), args.repeats)
             n = args.rerank_docs
             rerank_docs = (docs[key] * (n // len(docs[key]) + 1))[:n]
