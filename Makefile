@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test venv repo clean lock bench chromium
+.PHONY: serve test venv repo clean lock bench bench-frontend perf-analyzer chromium soak
 
 venv: $(STAMP)
 
@@ -28,8 +28,13 @@ test: $(STAMP) chromium
 repo: $(STAMP)
 	$(BIN)/trilate build-repo $(MODEL) --output model_repository
 
+# trilate against the in-process libraries, perf_analyzer included (starts its own server, ~8 min on 2 cores):
+# writes bench/results/<date>-<host>.{md,json,png} and the README's performance table.
+bench: $(STAMP) perf-analyzer
+	$(BIN)/python bench/bench.py --readme README.md $(BENCH_ARGS)
+
 # The REST front end's added latency over direct tritonclient calls (starts its own server).
-bench: $(STAMP)
+bench-frontend: $(STAMP)
 	$(BIN)/python bench/frontend_latency.py $(BENCH_ARGS)
 
 # Debian's headless Chromium for the /docs browser test (tests/test_docs_page.py), installed when absent
@@ -40,6 +45,10 @@ chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends "chromium=$(CHROMIUM_VERSION)" "chromium-common=$(CHROMIUM_VERSION)"; } \
 	  || { echo "error: could not install chromium $(CHROMIUM_VERSION); see CHROMIUM_VERSION in the Makefile"; exit 1; }
+
+# The real perf_analyzer binary in .trilate/perf_analyzer/ (pip and apt-get download; idempotent).
+perf-analyzer: $(STAMP)
+	bash bench/install_perf_analyzer.sh $(BIN)/python
 
 lock: $(STAMP)
 	{ echo "# Every package the project's environment holds, pinned. Regenerate with: make lock"; \

@@ -98,6 +98,9 @@ PARAM_DIMENSIONS = "dimensions"  # int: matryoshka output size, for models train
 PARAM_SCORE_MODE = "score_mode"  # BGE-M3: dense | sparse | colbert | sparse+dense | colbert+sparse+dense
 PARAM_SCORE_WEIGHTS = "score_weights"  # BGE-M3 hybrid weights "dense,sparse,colbert" (default 1,1,1)
 PARAM_PURPOSE = "purpose"  # "embedding" | "score": the length error's wording; "tokenize": no length check
+# Comma-separated public outputs the caller will read (the client sends it): the encoder runs only their
+# heads, e.g. a dense embedding request computes no per-token vectors.  Absent = every mapped output.
+PARAM_OUTPUTS = "outputs"
 
 # Config parameter on the public ensemble that describes the served model to clients (JSON).
 MODEL_CARD_PARAMETER = "trilate_model_card"

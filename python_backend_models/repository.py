@@ -45,6 +45,7 @@ class BuildOptions:
     encoder_instances: int = 1
     max_batch_tokens: int = 16384
     max_queue_delay_us: int = 0
+    encoder_threads: int = 0  # torch threads per encoder instance; 0 = every core
 
 
 SHIM = "from python_backend_models.triton.{module} import {cls} as TritonPythonModel  # noqa: F401\n"
@@ -83,7 +84,8 @@ def model_configs(spec: ServeSpec, info: ModelInfo, options: BuildOptions):
     encoder_spec = C.encoder_spec(output_dim(info), info.pooled_dim, info.sparse)
     configs.append((stage_config(
         C.stage_name(name, "encoder"), encoder_spec, max_batch_size=MAX_BATCH_SIZE,
-        parameters={"model_card": card, "dtype": spec.dtype, "max_batch_tokens": str(options.max_batch_tokens)},
+        parameters={"model_card": card, "dtype": spec.dtype, "max_batch_tokens": str(options.max_batch_tokens),
+                    "threads": str(options.encoder_threads)},
         instance_kind="KIND_GPU" if options.device == "gpu" else "KIND_CPU",
         instance_count=options.encoder_instances, max_queue_delay_us=delay,
     ), encoder_spec.adapter))

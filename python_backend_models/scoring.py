@@ -41,12 +41,28 @@ def maxsim(query: np.ndarray, document: np.ndarray) -> float:
 def maxsim_batch(q_emb: np.ndarray, q_n: np.ndarray, d_emb: np.ndarray, d_n: np.ndarray) -> np.ndarray:
     """Scores for padded batches: q_emb (Nq, Tq, D) with q_n (Nq,) real rows; same for documents.
 
-    Returns (n_pairs,) float32 in document order.
+    One batched matmul for all pairs: (pairs, Tq, Td) similarities, padded document tokens masked out
+    before the max, padded query tokens before the sum.  Returns (n_pairs,) float32 in document order.
     """
-    q_n = np.asarray(q_n).reshape(-1)
-    d_n = np.asarray(d_n).reshape(-1)
+    q_n = np.asarray(q_n).reshape(-1).astype(np.int64)
+    d_n = np.asarray(d_n).reshape(-1).astype(np.int64)
     pairs = pair_indices(len(q_n), len(d_n))
-    return np.array([maxsim(q_emb[i, : q_n[i]], d_emb[j, : d_n[j]]) for i, j in pairs], dtype=np.float32)
+    tq, td = int(q_n.max(initial=0)), int(d_n.max(initial=0))
+    if tq == 0 or td == 0:
+        return np.zeros(len(pairs), dtype=np.float32)
+    q = np.asarray(q_emb[:, :tq], dtype=np.float32)  # (Nq, tq, D)
+    d = np.asarray(d_emb[:, :td], dtype=np.float32)  # (Nd, td, D)
+    if len(q_n) == 1:
+        sims = np.matmul(d, q[0].T).transpose(0, 2, 1)  # (Nd, tq, td)
+        q_live = np.broadcast_to(np.arange(tq) < q_n[0], (len(d_n), tq))
+    else:
+        sims = np.matmul(q, d.transpose(0, 2, 1))  # (N, tq, td), zipped pairs
+        q_live = np.arange(tq)[None, :] < q_n[:, None]
+    d_live = np.arange(td)[None, :] < d_n[:, None]  # (Nd, td)
+    sims = np.where(d_live[:, None, :], sims, -np.inf)
+    best = sims.max(axis=2)  # (pairs, tq); -inf where the document has no tokens
+    best = np.where(q_live & np.isfinite(best), best, 0.0).astype(np.float32)
+    return best.sum(axis=1, dtype=np.float32)
 
 
 def cosine_batch(q: np.ndarray, d: np.ndarray) -> np.ndarray:

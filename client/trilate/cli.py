@@ -32,6 +32,12 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where encoders run")
     parser.add_argument("--max-batch-tokens", type=int, default=16384,
                         help="token budget of one encoder forward pass (padded tokens)")
+    parser.add_argument("--max-queue-delay-us", type=int, default=0,
+                        help="how long Triton's dynamic batcher may hold a request to merge it with others")
+    parser.add_argument("--encoder-instances", type=int, default=1,
+                        help="encoder processes per model (each loads the weights)")
+    parser.add_argument("--encoder-threads", type=int, default=0,
+                        help="torch threads of each encoder instance (0: every core); the other stages use one")
 
 
 def _specs(args: argparse.Namespace):
@@ -71,7 +77,13 @@ def _build(args: argparse.Namespace, output: Path):
     from python_backend_models.checkpoint import CheckpointError
     from python_backend_models.repository import BuildOptions, build_repository
 
-    options = BuildOptions(device=args.device, max_batch_tokens=args.max_batch_tokens)
+    for name, least in (("max_batch_tokens", 1), ("max_queue_delay_us", 0), ("encoder_instances", 1),
+                        ("encoder_threads", 0)):
+        if getattr(args, name) < least:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least {least}")
+    options = BuildOptions(device=args.device, max_batch_tokens=args.max_batch_tokens,
+                           max_queue_delay_us=args.max_queue_delay_us, encoder_instances=args.encoder_instances,
+                           encoder_threads=args.encoder_threads)
     try:
         return build_repository(_specs(args), output, options)
     except CheckpointError as exc:

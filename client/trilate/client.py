@@ -233,6 +233,8 @@ class TrilateClient:
 
     def _encode(self, card: ModelCard, texts: list[str], outputs: Sequence[str], params: dict[str, Any]):
         """Run the token-embed ensemble over ``texts`` in chunks; yields (start, outputs) per chunk."""
+        # The encoder computes only the heads these outputs need (no token vectors for a dense embedding).
+        params = {**params, C.PARAM_OUTPUTS: ",".join(outputs)}
         for lo, hi in _chunks(len(texts)):
             yield lo, self._infer(card.triton_name, {C.TEXT: self._texts_array(texts[lo:hi])}, outputs, params)
 
@@ -374,6 +376,9 @@ class TrilateClient:
             params[C.PARAM_SCORE_MODE] = score_mode
             if score_weights is not None:
                 params[C.PARAM_SCORE_WEIGHTS] = ",".join(str(float(w)) for w in score_weights)
+        if "token_classify" in card.tasks and params.get(C.PARAM_SCORE_MODE) is None:
+            # BGE-M3's default made explicit, so its encoder runs the dense head only.
+            params[C.PARAM_SCORE_MODE] = "dense"
         scores: list[float] = []
         prompt = 0
         pad = 1 if card.has_pad_token else 0

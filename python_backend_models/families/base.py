@@ -2,8 +2,9 @@
 heads, and batching many texts into few forward passes.
 
 An *item* is one text's ``(input_ids, attention_mask, output_mask)``, 1-D arrays of equal length
-(trailing padding allowed).  ``Encoder.encode`` runs all items of all requests together: sorted by
-length, packed under a token budget, one forward pass per pack, split back per item.
+(trailing padding allowed).  ``Encoder.encode`` runs all items of all requests together: packed by
+``python_backend_models.packing`` under a token budget, one forward pass and one run of the heads per
+pack, split back per item.
 """
 
 from __future__ import annotations
@@ -121,13 +122,54 @@ class ItemOutput:
     token_weights: np.ndarray | None = None  # (n_positions,) float32, BGE-M3's sparse head
 
 
+@dataclass
+class PackInputs:
+    """One forward pass's rows, padded to ``width``: what the heads read.
+
+    ``hidden`` (rows, width, H) fp32 on the device; ``ids`` / ``attention`` (rows, width) int64 tensors;
+    ``output`` (rows, width) bool numpy (positions that come back as vectors); ``lengths`` real tokens per
+    row; ``normalize`` / ``dimensions`` per row.
+    """
+
+    hidden: torch.Tensor
+    ids: torch.Tensor
+    attention: torch.Tensor
+    output: np.ndarray
+    lengths: list[int]
+    normalize: list[bool]
+    dimensions: list[int | None]
+
+    def selected(self, vectors: list[np.ndarray]) -> list[np.ndarray]:
+        """Row ``r``'s vectors at its output positions: (n_out, d) each, from padded (width, d) arrays."""
+        out = []
+        for r, v in enumerate(vectors):
+            n = self.lengths[r]
+            mask = self.output[r, :n]
+            out.append(v[:n] if mask.all() else v[:n][mask])
+        return out
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """Which heads a batch needs: per-token vectors, the pooled vector, BGE-M3's sparse weights."""
+
+    tokens: bool = True
+    pooled: bool = False
+    sparse: bool = True
+
+
 def item_length(attention: np.ndarray, output: np.ndarray) -> int:
     live = np.flatnonzero((attention != 0) | output)
     return int(live[-1]) + 1 if live.size else 0
 
 
 class Encoder:
-    """Backbone + heads.  Subclasses implement ``head``."""
+    """Backbone + heads.  Subclasses implement ``heads`` (once per pack, not per text)."""
+
+    # Packing (python_backend_models.packing): a pass costs about this many padded tokens of work on top
+    # of its rows (kernel launches, Python, the heads: small next to a CPU's ~2k tokens/s, large next to a
+    # GPU's), and holds at most this many rows.
+    max_rows = 64
 
     def __init__(self, info: ModelInfo, device: str = "cpu", dtype: str = "auto", max_batch_tokens: int = 16384):
         self.info = info
@@ -136,6 +178,7 @@ class Encoder:
         self.backbone = build_backbone(info, self.device, self.dtype, skip=self.head_keys())
         self.projection = Projection(info).to(self.device)
         self.max_batch_tokens = max_batch_tokens
+        self.pass_cost_tokens = 64 if self.device.type == "cpu" else 4096
         self.forward_passes = 0  # backbone calls, for tests and statistics
         self.vocab_size = self.backbone.get_input_embeddings().num_embeddings
 
@@ -158,20 +201,27 @@ class Encoder:
     def head_keys(self) -> tuple[str, ...]:
         return tuple(layer.weight_key for layer in self.info.projection if layer.file == "model.safetensors")
 
-    def head(self, hidden: torch.Tensor, attention: torch.Tensor, output: torch.Tensor,
-             want_tokens: bool, want_pooled: bool, normalize: bool, dimensions: int | None = None,
-             ids: torch.Tensor | None = None) -> ItemOutput:
-        """One item's vectors from its fp32 hidden states (T, H).  Shapes in ``ItemOutput``.
-
-        ``dimensions`` keeps the first values of each vector before normalising (matryoshka).
-        """
+    def heads(self, pack: PackInputs, wanted: Wanted) -> list[ItemOutput]:
+        """Every row's outputs from one pack's hidden states; shapes in ``ItemOutput``."""
         raise NotImplementedError
 
-    def finish(self, vectors: torch.Tensor, normalize: bool, dimensions: int | None) -> np.ndarray:
-        """vLLM's head order after the projection: matryoshka slice, then L2."""
-        if dimensions is not None:
-            vectors = vectors[..., :dimensions]
-        return to_numpy(l2(vectors) if normalize else vectors)
+    def finish_rows(self, vectors: torch.Tensor, normalize: Sequence[bool], dimensions: Sequence[int | None]) -> list[np.ndarray]:
+        """vLLM's head order after the projection, per row: matryoshka slice, then L2.
+
+        ``vectors`` (rows, ..., D) -> one float32 array (..., d_row) per row; rows sharing options share one op.
+        """
+        groups: dict[tuple[bool, int | None], list[int]] = {}
+        for r, key in enumerate(zip(normalize, dimensions)):
+            groups.setdefault(key, []).append(r)
+        out: list[np.ndarray | None] = [None] * vectors.shape[0]
+        for (norm, size), rows in groups.items():
+            v = vectors if len(rows) == vectors.shape[0] else vectors[rows]
+            if size is not None:
+                v = v[..., :size]
+            array = to_numpy(l2(v) if norm else v)
+            for k, r in enumerate(rows):
+                out[r] = array[k]
+        return out  # type: ignore[return-value]
 
     @torch.inference_mode()
     def encode(
@@ -180,39 +230,39 @@ class Encoder:
         *,
         want_tokens: bool = True,
         want_pooled: bool = False,
+        want_sparse: bool = True,
         normalize: Sequence[bool] | None = None,
         dimensions: Sequence[int | None] | None = None,
     ) -> list[ItemOutput]:
+        """Every item's outputs: packed by ``packing.plan`` (least padded tokens + per-pass cost under
+        ``max_batch_tokens``), one backbone pass and one run of the heads per pack, in input order."""
+        from ..packing import plan
+
+        wanted = Wanted(tokens=want_tokens, pooled=want_pooled, sparse=want_sparse)
         lengths = [item_length(a, o) for _, a, o in items]
-        order = sorted(range(len(items)), key=lambda i: -lengths[i])
         results: list[ItemOutput | None] = [None] * len(items)
-        start = 0
-        while start < len(order):
-            width = max(lengths[order[start]], 1)
-            stop = start + 1
-            while stop < len(order) and (stop - start + 1) * width <= self.max_batch_tokens:
-                stop += 1
-            pack = order[start:stop]
-            ids = np.zeros((len(pack), width), dtype=np.int64)
-            att = np.zeros((len(pack), width), dtype=np.int64)
-            for row, i in enumerate(pack):
+        for pack in plan(lengths, max_tokens=self.max_batch_tokens, max_rows=self.max_rows,
+                         pass_cost=self.pass_cost_tokens):
+            rows, width = pack.rows, pack.width
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            att = np.zeros((len(rows), width), dtype=np.int64)
+            out = np.zeros((len(rows), width), dtype=bool)
+            for row, i in enumerate(rows):
                 n = lengths[i]
                 ids[row, :n] = items[i][0][:n]
                 att[row, :n] = items[i][1][:n]
+                out[row, :n] = items[i][2][:n]
             ids_t = torch.from_numpy(ids).to(self.device)
             att_t = torch.from_numpy(att).to(self.device)
             hidden = self.backbone(input_ids=ids_t, attention_mask=att_t).last_hidden_state.float()
             self.forward_passes += 1
-            for row, i in enumerate(pack):
-                n = lengths[i]
-                out_mask = torch.from_numpy(np.asarray(items[i][2][:n], dtype=bool)).to(self.device)
-                results[i] = self.head(
-                    hidden[row, :n], att_t[row, :n], out_mask, want_tokens, want_pooled,
-                    True if normalize is None else bool(normalize[i]),
-                    None if dimensions is None else dimensions[i],
-                    ids=ids_t[row, :n],
-                )
-            start = stop
+            inputs = PackInputs(
+                hidden=hidden, ids=ids_t, attention=att_t, output=out, lengths=[lengths[i] for i in rows],
+                normalize=[True if normalize is None else bool(normalize[i]) for i in rows],
+                dimensions=[None if dimensions is None else dimensions[i] for i in rows],
+            )
+            for i, result in zip(rows, self.heads(inputs, wanted)):
+                results[i] = result
         return results  # type: ignore[return-value]
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, load_torch_state_dict
-from .base import Encoder, ItemOutput, to_numpy
+from .base import Encoder, ItemOutput, PackInputs, Wanted, to_numpy
 
 
 def _linear(path: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,15 +39,22 @@ class BgeM3Encoder(Encoder):
         self.sparse_w, self.sparse_b = (t.to(self.device) for t in _linear(path, "sparse_linear"))
         self.bos = info.bos_token_id
 
-    def head(self, hidden, attention, output, want_tokens, want_pooled, normalize, dimensions=None, ids=None) -> ItemOutput:
-        tokens = pooled = None
-        if want_tokens:
+    def heads(self, pack: PackInputs, wanted: Wanted) -> list[ItemOutput]:
+        rows = len(pack.lengths)
+        tokens: list = [None] * rows
+        pooled: list = [None] * rows
+        weights: list = [None] * rows
+        if wanted.tokens:
+            vectors = self.finish_rows(F.linear(pack.hidden, self.colbert_w, self.colbert_b), pack.normalize,
+                                       pack.dimensions)
             # vLLM drops the first row only when it is BOS (it is, unless add_special_tokens is off).
-            first = 1 if ids is not None and ids.numel() and int(ids[0]) == self.bos else 0
-            vectors = F.linear(hidden[first:], self.colbert_w, self.colbert_b)
-            tokens = self.finish(vectors, normalize, dimensions)
-        if want_pooled:
-            pooled = self.finish(hidden[0], normalize, dimensions)
-        weights = F.linear(hidden, self.sparse_w, self.sparse_b).squeeze(-1)
-        return ItemOutput(token_embeddings=tokens, embedding=pooled,
-                          token_weights=to_numpy(torch.relu(weights) if normalize else weights))
+            first = (pack.ids[:, 0] == self.bos).tolist()
+            tokens = [v[(1 if first[r] and n else 0):n] for r, (v, n) in enumerate(zip(vectors, pack.lengths))]
+        if wanted.pooled:
+            pooled = self.finish_rows(pack.hidden[:, 0], pack.normalize, pack.dimensions)
+        if wanted.sparse:
+            raw = F.linear(pack.hidden, self.sparse_w, self.sparse_b).squeeze(-1)  # (rows, width)
+            relu = torch.tensor(pack.normalize, device=raw.device).unsqueeze(-1)
+            values = to_numpy(torch.where(relu, torch.relu(raw), raw))
+            weights = [values[r, :n] for r, n in enumerate(pack.lengths)]
+        return [ItemOutput(token_embeddings=t, embedding=p, token_weights=w) for t, p, w in zip(tokens, pooled, weights)]

@@ -6,19 +6,22 @@ sentence-transformers and vLLM do; ``token_embed`` returns each token's vector, 
 
 from __future__ import annotations
 
-from .base import Encoder, ItemOutput
+from .base import Encoder, ItemOutput, PackInputs, Wanted
 
 
 class BiEncoder(Encoder):
-    def head(self, hidden, attention, output, want_tokens, want_pooled, normalize, dimensions=None, ids=None) -> ItemOutput:
-        tokens = pooled = None
-        if want_tokens:
-            tokens = self.finish(self.projection(hidden[output]), normalize, dimensions)
-        if want_pooled:
-            mask = attention.to(hidden.dtype).unsqueeze(-1)
+    def heads(self, pack: PackInputs, wanted: Wanted) -> list[ItemOutput]:
+        rows = len(pack.lengths)
+        tokens: list = [None] * rows
+        pooled: list = [None] * rows
+        if wanted.tokens:
+            vectors = self.finish_rows(self.projection(pack.hidden), pack.normalize, pack.dimensions)
+            tokens = pack.selected(vectors)
+        if wanted.pooled:
             if self.info.pooling == "cls":
-                vec = hidden[0]
+                vec = pack.hidden[:, 0]
             else:
-                vec = (hidden * mask).sum(0) / mask.sum().clamp(min=1.0)
-            pooled = self.finish(self.projection(vec), normalize, dimensions)
-        return ItemOutput(token_embeddings=tokens, embedding=pooled)
+                mask = pack.attention.to(pack.hidden.dtype).unsqueeze(-1)  # (rows, width, 1)
+                vec = (pack.hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            pooled = self.finish_rows(self.projection(vec), pack.normalize, pack.dimensions)
+        return [ItemOutput(token_embeddings=t, embedding=p) for t, p in zip(tokens, pooled)]

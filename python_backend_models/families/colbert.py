@@ -7,12 +7,14 @@ every token in vLLM's mode; PyLate's selection in the query/document modes.
 
 from __future__ import annotations
 
-from .base import Encoder, ItemOutput
+from .base import Encoder, ItemOutput, PackInputs, Wanted
 
 
 class ColbertEncoder(Encoder):
-    def head(self, hidden, attention, output, want_tokens, want_pooled, normalize, dimensions=None, ids=None) -> ItemOutput:
-        if want_pooled:
+    def heads(self, pack: PackInputs, wanted: Wanted) -> list[ItemOutput]:
+        if wanted.pooled:
             raise ValueError("ColBERT models have no pooled embedding")
-        return ItemOutput(token_embeddings=self.finish(self.projection(hidden[output]), normalize, dimensions),
-                          embedding=None)
+        if not wanted.tokens:
+            return [ItemOutput(token_embeddings=None, embedding=None) for _ in pack.lengths]
+        vectors = self.finish_rows(self.projection(pack.hidden), pack.normalize, pack.dimensions)
+        return [ItemOutput(token_embeddings=v, embedding=None) for v in pack.selected(vectors)]

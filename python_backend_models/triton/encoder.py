@@ -7,26 +7,67 @@ import triton_python_backend_utils as pb_utils
 
 from .. import contract as C
 from ..errors import InputError
+from ..families.base import Wanted
+from ..sparse import SCORE_MODES
 from .base import (
     StageModel, bool_param, error_response, input_array, int_param, request_parameters, requested_outputs,
 )
 
 
+# Public outputs that need each head (the sparse stage's outputs need the encoder's token weights).
+_TOKEN_OUTPUTS = {C.TOKEN_EMBEDDINGS, C.NUM_TOKENS}
+_SPARSE_OUTPUTS = {C.TOKEN_WEIGHTS, *(spec.name for spec in C.SPARSE.outputs)}
+
+
 class EncoderModel(StageModel):
-    """Config parameters: ``model_card``, ``dtype`` (auto|float32|float16|bfloat16), ``max_batch_tokens``."""
+    """Config parameters: ``model_card``, ``dtype`` (auto|float32|float16|bfloat16), ``max_batch_tokens``,
+    ``threads`` (torch intra-op threads; 0 = every core), ``max_rows`` and ``pass_cost_tokens`` (packing).
+
+    Computes only the heads its requests need: the outputs Triton asks of this step, narrowed by the
+    request parameter ``outputs`` (what the caller reads) and, for BGE-M3, by an explicit ``score_mode``.
+    """
 
     def setup(self) -> None:
+        import os
+
+        import torch
+
         from ..families import load_encoder
 
+        threads = int(self.params.get("threads", "0") or 0) or os.cpu_count() or 1
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)  # one request stream per instance: no inter-op pool
+        except RuntimeError:  # already set in this process
+            pass
         self.info = self.model_info()
         device = f"cuda:{self.device_id}" if self.instance_kind == "GPU" else "cpu"
         self.encoder = load_encoder(self.info, device=device, dtype=self.params.get("dtype", "auto"))
         self.encoder.max_batch_tokens = int(self.params.get("max_batch_tokens", "16384"))
+        for name in ("max_rows", "pass_cost_tokens"):
+            if self.params.get(name):
+                setattr(self.encoder, name, int(self.params[name]))
+
+    def _wanted(self, request, params) -> Wanted:
+        """The heads one request needs."""
+        mapped = requested_outputs(request)
+        tokens = bool(mapped & _TOKEN_OUTPUTS) or not mapped
+        pooled = self.info.pooled_dim is not None and C.EMBEDDINGS in mapped
+        sparse = self.info.sparse and (C.TOKEN_WEIGHTS in mapped or not mapped)
+        asked = params.get(C.PARAM_OUTPUTS)
+        if isinstance(asked, str) and asked:
+            names = {n.strip() for n in asked.split(",")}
+            tokens, pooled, sparse = tokens and bool(names & _TOKEN_OUTPUTS), pooled and C.EMBEDDINGS in names, \
+                sparse and bool(names & _SPARSE_OUTPUTS)
+        mode = params.get(C.PARAM_SCORE_MODE)
+        if self.info.sparse and mode in SCORE_MODES:
+            tokens, sparse = tokens and "colbert" in mode, sparse and "sparse" in mode
+        return Wanted(tokens=tokens, pooled=pooled, sparse=sparse)
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        items, normalize, sizes, want_pooled, want_tokens = [], [], [], False, False
-        spans = {}
+        items, normalize, sizes = [], [], []
+        spans, wants = {}, {}
         for r, request in enumerate(requests):
             try:
                 params = request_parameters(request)
@@ -38,30 +79,28 @@ class EncoderModel(StageModel):
                 self.encoder.check(ids, att, out)
                 norm = bool_param(params, C.PARAM_USE_ACTIVATION, True)
                 size = self._dimensions(int_param(params, C.PARAM_DIMENSIONS))
-                wanted = requested_outputs(request)
+                wants[r] = self._wanted(request, params)
             except InputError as exc:
                 responses[r] = error_response(str(exc))
                 continue
-            want_pooled |= C.EMBEDDINGS in wanted
-            want_tokens |= C.TOKEN_EMBEDDINGS in wanted or not wanted
             spans[r] = (len(items), len(items) + ids.shape[0], size or self.info.dim)
             for row in range(ids.shape[0]):
                 items.append((ids[row], att[row], out[row]))
                 normalize.append(norm)
                 sizes.append(size)
-        if self.info.pooled_dim is None:
-            want_pooled = False
         results = []
         if items:
+            batch = Wanted(tokens=any(w.tokens for w in wants.values()), pooled=any(w.pooled for w in wants.values()),
+                           sparse=any(w.sparse for w in wants.values()))
             try:
-                results = self.encoder.encode(items, want_tokens=want_tokens, want_pooled=want_pooled,
-                                              normalize=normalize, dimensions=sizes)
+                results = self.encoder.encode(items, want_tokens=batch.tokens, want_pooled=batch.pooled,
+                                              want_sparse=batch.sparse, normalize=normalize, dimensions=sizes)
             except Exception as exc:
                 self.log.log_error(f"{self.model_name}: batch of {len(items)} texts failed: {exc}")
                 return [resp or error_response(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
                         for resp in responses]
         for r, (lo, hi, dim) in spans.items():
-            responses[r] = self._response(results[lo:hi], want_tokens, want_pooled, dim)
+            responses[r] = self._response(results[lo:hi], wants[r], dim)
         return responses
 
     def _dimensions(self, size: int | None) -> int | None:
@@ -77,10 +116,11 @@ class EncoderModel(StageModel):
                              f"matryoshka dimensions, use other output dimensions will lead to poor results.")
         return None if size == self.info.dim else size
 
-    def _response(self, results, want_tokens, want_pooled, dim):
+    def _response(self, results, wanted: Wanted, dim):
+        """Padded tensors of one request; heads it did not need come back empty (width 0) or zero."""
         n = len(results)
         outputs = []
-        if want_tokens:
+        if wanted.tokens:
             counts = np.array([[r.token_embeddings.shape[0]] for r in results], dtype=np.int32)
             width = int(counts.max()) if n else 0
             emb = np.zeros((n, width, dim), dtype=np.float32)
@@ -90,14 +130,15 @@ class EncoderModel(StageModel):
         else:
             outputs += [pb_utils.Tensor(C.TOKEN_EMBEDDINGS, np.zeros((n, 0, dim), np.float32)),
                         pb_utils.Tensor(C.NUM_TOKENS, np.zeros((n, 1), np.int32))]
-        if want_pooled:
+        if wanted.pooled:
             outputs.append(pb_utils.Tensor(C.EMBEDDINGS, np.stack([r.embedding for r in results]).astype(np.float32)))
         elif self.info.pooled_dim is not None:
             outputs.append(pb_utils.Tensor(C.EMBEDDINGS, np.zeros((n, self.info.pooled_dim), np.float32)))
         if self.info.sparse:
-            width = max((r.token_weights.shape[0] for r in results), default=0)
+            width = max((r.token_weights.shape[0] for r in results), default=0) if wanted.sparse else 0
             weights = np.zeros((n, width), dtype=np.float32)
-            for i, r in enumerate(results):
-                weights[i, : r.token_weights.shape[0]] = r.token_weights
+            if wanted.sparse:
+                for i, r in enumerate(results):
+                    weights[i, : r.token_weights.shape[0]] = r.token_weights
             outputs.append(pb_utils.Tensor(C.TOKEN_WEIGHTS, weights))
         return pb_utils.InferenceResponse(output_tensors=outputs)

