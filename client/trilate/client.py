@@ -409,6 +409,8 @@ def _translate(exc: InferenceServerException) -> TrilateError:
         return InvalidInputError(message)
     if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in message:
         return TrilateError(message)
-    if status in ("503", "StatusCode.UNAVAILABLE"):
+    if status in ("503", "StatusCode.UNAVAILABLE") or "is not healthy" in message:
+        # A Python-backend stub that died answers "Stub process '...' is not healthy" until trilate's
+        # supervisor has restarted it: retryable, not a bug.
         return ServerUnavailableError(message)
     return TrilateError(message)

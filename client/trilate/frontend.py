@@ -486,11 +486,22 @@ class Service:
             })
         return Reply(_dumps({"object": "list", "data": data}))
 
-    def ready(self) -> bool:
+    def unhealthy(self, supervisor: Callable[[], dict[str, str]] | None = None) -> dict[str, str]:
+        """What cannot answer now: tritonserver, or Triton models by name -> why ({} when all can)."""
         try:
-            return bool(_triton_handle(self.client).is_server_ready())
-        except Exception:
-            return False
+            handle = _triton_handle(self.client)
+            ready = handle.is_server_ready()  # strict readiness: false while any model is not READY
+            index = (handle.get_model_repository_index() if self.client.protocol == "http"
+                     else handle.get_model_repository_index(as_json=True).get("models", []))
+        except Exception as exc:
+            return {"tritonserver": f"unreachable at {self.client.url}: {exc}"}
+        down = {m["name"]: f"state {m.get('state') or 'unknown'}" + (f" ({m['reason']})" if m.get("reason") else "")
+                for m in index if m.get("state") != "READY"}
+        if not ready and not down:
+            down["tritonserver"] = "not ready"
+        if supervisor is not None:
+            down.update(supervisor())
+        return dict(sorted(down.items()))
 
 
 def _triton_handle(client: TrilateClient):
@@ -553,6 +564,7 @@ def create_app(
     metrics_url: str | None = None,
     limits: Limits | None = None,
     client: TrilateClient | None = None,
+    unhealthy: Callable[[], dict[str, str]] | None = None,
 ):
     """The REST app over tritonserver at ``triton_url`` (``protocol`` "grpc" or "http").
 
@@ -594,21 +606,34 @@ def create_app(
             return await http_exception_handler(request, exc)
         return error_response(str(exc.detail), HTTPStatus(exc.status_code).phrase, exc.status_code)
 
+    def _unavailable(exc: Exception) -> dict[str, str] | None:
+        """While the supervisor restarts a model, its failures (a dead stub, an ensemble Triton has
+        unloaded, a card that vanished) are a retryable 503 naming the model, not a 500 or a 404."""
+        if unhealthy is None or isinstance(exc, (APIError, RouteNotFound)):
+            return None
+        if isinstance(exc, TrilateError) and exc.status == 400:
+            return None
+        return unhealthy() or None
+
     async def run(fn: Callable[..., Reply], *args):
         try:
             reply = await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=limiter)
-        except RouteNotFound:
-            return JSONResponse({"detail": "Not Found"}, status_code=404)
-        except APIError as exc:
-            return error_response(exc.message, exc.type, exc.status, exc.param)
-        except TrilateError as exc:
-            return error_response(exc.message, exc.type, exc.status, exc.param)
-        except (ConnectionError, OSError) as exc:
-            status = HTTPStatus.SERVICE_UNAVAILABLE
-            return error_response(f"cannot reach tritonserver at {client.url}: {exc}", "ServiceUnavailableError",
-                                  int(status))
-        except Exception as exc:  # a bug: answer in the envelope, keep serving, log the trace
-            logger.exception("internal error")
+        except Exception as exc:
+            down = _unavailable(exc)
+            if down:
+                status = HTTPStatus.SERVICE_UNAVAILABLE
+                message = ("temporarily unavailable, retry shortly: "
+                           + "; ".join(f"{name}: {why}" for name, why in down.items()))
+                return error_response(message, "ServiceUnavailableError", int(status))
+            if isinstance(exc, RouteNotFound):
+                return JSONResponse({"detail": "Not Found"}, status_code=404)
+            if isinstance(exc, (APIError, TrilateError)):
+                return error_response(exc.message, exc.type, exc.status, exc.param)
+            if isinstance(exc, (ConnectionError, OSError)):
+                status = HTTPStatus.SERVICE_UNAVAILABLE
+                return error_response(f"cannot reach tritonserver at {client.url}: {exc}", "ServiceUnavailableError",
+                                      int(status))
+            logger.exception("internal error")  # a bug: answer in the envelope, keep serving, log the trace
             return error_response(f"{type(exc).__name__}: {exc}", "InternalServerError", 500)
         return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
 
@@ -655,11 +680,18 @@ def create_app(
         return await run(service.models)
 
     @app.get("/health", tags=["server"], response_class=Response,
-             responses={200: {"description": "tritonserver is ready (empty body)"},
-                        503: {"description": "tritonserver is not ready (empty body)"}})
+             responses={200: {"description": "every served model can answer (empty body)"},
+                        503: {"description": "tritonserver or a model cannot answer; the envelope says which"}})
     async def health():
-        ready = await anyio.to_thread.run_sync(service.ready, limiter=limiter)
-        return Response(status_code=200 if ready else 503)
+        # Outside the inference limiter: a busy, healthy server must still answer its probes at once.
+        down = await anyio.to_thread.run_sync(service.unhealthy, unhealthy)
+        if not down:
+            return Response(status_code=200)
+        status = HTTPStatus.SERVICE_UNAVAILABLE
+        message = "not ready: " + "; ".join(f"{name}: {why}" for name, why in down.items())
+        body = error_body(message, "ServiceUnavailableError", int(status))
+        body["unhealthy"] = down
+        return Response(_dumps(body), status_code=int(status), media_type=JSON_MEDIA)
 
     @app.get("/version", tags=["server"])
     async def version():
@@ -670,7 +702,7 @@ def create_app(
     async def prometheus():
         text = ""
         if metrics_url:
-            text = await anyio.to_thread.run_sync(_fetch_text, metrics_url, limiter=limiter)
+            text = await anyio.to_thread.run_sync(_fetch_text, metrics_url)  # outside the inference limiter
         return Response(text + metrics.render(), media_type=METRICS_MEDIA)
 
     app.add_middleware(_Guard, limits=limits, metrics=metrics, routes=ROUTES)
@@ -703,11 +735,15 @@ def _version() -> str:
 class FrontEnd:
     """uvicorn serving ``app`` in a background thread: ``start()`` returns once it listens."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+                 drain_timeout: float = 30.0):
         import uvicorn
 
+        # On stop, uvicorn closes the listening socket at once and lets requests in flight finish for up
+        # to drain_timeout seconds (then cancels them).
+        self.drain_timeout = drain_timeout
         self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
-                                     timeout_keep_alive=30)
+                                     timeout_keep_alive=30, timeout_graceful_shutdown=drain_timeout)
         self.server = uvicorn.Server(self.config)
         self.thread: threading.Thread | None = None
 
@@ -731,10 +767,10 @@ class FrontEnd:
     def alive(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         self.server.should_exit = True
         if self.thread is not None:
-            self.thread.join(timeout)
+            self.thread.join(self.drain_timeout + 5 if timeout is None else timeout)
 
 
 def check_port_free(host: str, port: int) -> None:
