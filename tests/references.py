@@ -1,7 +1,7 @@
 """Independent reference implementations for the parity tests (no project imports).
 
 Environment: torch 2.13 (CPU), transformers 5.23, sentence-transformers 6.2 (env B of
-``/work/shared/reference/oracles.md``); run with ``HF_HUB_OFFLINE=1``.  Everything runs on the CPU
+``../shared/reference/oracles.md``, beside the repository); run with ``HF_HUB_OFFLINE=1``.  Everything runs on the CPU
 in float32.
 
 * :func:`hf_colbert_token_embeddings` -- vLLM's own ColBERT test method: plain HF ``BertModel``

@@ -26,14 +26,15 @@ pytestmark = pytest.mark.server
 DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
 ENCODER = "sentence-transformers--all-MiniLM-L6-v2__encoder"
 LONG = " ".join(["the quick brown fox jumps over the lazy dog"] * 25)  # ~250 tokens
-HEAVY = {"model": DEFAULT, "query": "a fox", "documents": [f"{i} {LONG}" for i in range(48)]}
+HEAVY = {"model": DEFAULT, "query": "a fox", "documents": [f"{i} {LONG}" for i in range(16)]}
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability")
+    # A drain timeout no request here comes near, on however busy a machine: the Ctrl-C test waits for them all.
     server = ServeProcess(["--model-repository", str(root / "repo"), "--host", "0.0.0.0", "--max-concurrency", "2",
-                           "--uvicorn-log-level", "warning"], timeout=300)
+                           "--drain-timeout", "300", "--uvicorn-log-level", "warning"], timeout=300)
     yield server
     server.stop()
 

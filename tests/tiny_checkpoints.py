@@ -5,7 +5,7 @@ Two builders, both written without pylate (it is not installed in the test envs)
 * :func:`write_stanford_colbert` -- the Stanford-NLP ColBERT ("HF_ColBERT") layout used by
   ``colbert-ir/colbertv2.0`` and ``answerdotai/answerai-colbert-small-v1``.
 * :func:`write_pylate_colbert` -- the layout ``pylate.models.ColBERT.save()`` writes
-  (see ``/work/shared/reference/oracles.md`` section 1.7).
+  (see ``../shared/reference/oracles.md`` section 1.7, beside the repository).
 
 Backbone in both: BERT, hidden 32, 2 layers, 2 heads, intermediate 64, 512 positions, the
 all-MiniLM-L6-v2 WordPiece vocabulary (30522, lower-casing), ``initializer_range`` 0.2 so the

@@ -15,6 +15,7 @@ One ``TrilateClient`` may be shared by threads (each thread gets its own tritonc
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any, Sequence
 
@@ -167,12 +168,48 @@ class TrilateClient:
         for name in names:
             if "__" in name:
                 continue
-            config = client.get_model_config(name) if self.protocol == "http" else client.get_model_config(name, as_json=True)["config"]
-            raw = (config.get("parameters") or {}).get(C.MODEL_CARD_PARAMETER)
+            raw = self._card_parameter(name)
             if raw:
-                card = ModelCard.from_parameter(name, raw["string_value"])
+                card = ModelCard.from_parameter(name, raw)
                 cards[card.served_name] = card
         return cards
+
+    def _card_parameter(self, triton_name: str) -> str | None:
+        """The model card JSON text of one Triton model's config, or None when it has none."""
+        client = self._triton()
+        if self.protocol == "http":
+            config = client.get_model_config(triton_name)
+        else:
+            config = client.get_model_config(triton_name, as_json=True)["config"]
+        raw = (config.get("parameters") or {}).get(C.MODEL_CARD_PARAMETER)
+        return raw["string_value"] if raw else None
+
+    def card_json(self, card: ModelCard) -> dict[str, Any]:
+        """Everything the repository builder wrote in ``card``'s model card (e.g. the checkpoint ``path``)."""
+        return json.loads(self._card_parameter(card.triton_name) or "{}")
+
+    def server_ready(self) -> bool:
+        """tritonserver's readiness; False when it cannot be reached."""
+        try:
+            return bool(self._triton().is_server_ready())
+        except Exception:
+            return False
+
+    def unavailable(self) -> dict[str, str]:
+        """What cannot answer now: Triton models that are not READY (name -> state and reason), or
+        ``{"tritonserver": why}`` when the server is not ready or cannot be reached; ``{}`` when all can."""
+        client = self._triton()
+        try:
+            ready = client.is_server_ready()  # strict readiness: false while any model is not READY
+            index = (client.get_model_repository_index() if self.protocol == "http"
+                     else client.get_model_repository_index(as_json=True).get("models", []))
+        except Exception as exc:
+            return {"tritonserver": f"unreachable at {self.url}: {exc}"}
+        down = {m["name"]: f"state {m.get('state') or 'unknown'}" + (f" ({m['reason']})" if m.get("reason") else "")
+                for m in index if m.get("state") != "READY"}
+        if not ready and not down:
+            down["tritonserver"] = "not ready"
+        return down
 
     def model(self, name: str | None) -> ModelCard:
         """The card of a served model; ``None`` picks the only one (vLLM lets ``model`` be omitted)."""

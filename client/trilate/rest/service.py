@@ -1,0 +1,247 @@
+"""The service: one synchronous method per route, run in a worker thread; JSON in, vLLM's JSON bytes out.
+
+Request semantics (pairing, sorting, ``top_n``, usage) come from :class:`trilate.TrilateClient`; this module only
+maps the request models to its calls and its results back to vLLM's JSON (ids, encodings, error cases).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import schemas as S
+from ..client import TrilateClient
+from ..errors import TrilateError
+from ..types import ModelCard
+from .encodings import JSON_MEDIA, dumps, encode_payload, tensor_bytes
+from .errors import APIError, RouteNotFound
+from .limits import Limits
+from .metrics import Metrics
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _plain(value: Any) -> Any:
+    """Request models -> what the client library takes (str, or the ``{"content": [...]}`` dict)."""
+    if isinstance(value, S.TextDocument):
+        return value.text
+    if isinstance(value, S.ScoreMultiModalParam):
+        return value.model_dump()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _score_extras(req) -> dict[str, Any]:
+    """BGE-M3's score_mode / score_weights, passed on only when the request sets them."""
+    return {k: getattr(req, k) for k in ("score_mode", "score_weights") if getattr(req, k) is not None}
+
+
+@dataclass
+class Reply:
+    body: bytes
+    status: int = 200
+    media_type: str = JSON_MEDIA
+    headers: dict[str, str] | None = None
+
+
+class Service:
+    def __init__(self, client: TrilateClient, limits: Limits, metrics: Metrics, created: int):
+        self.client, self.limits, self.metrics, self.created = client, limits, metrics, created
+        self._tokenizers: dict[str, Any] = {}
+        self._tokenizer_lock = threading.Lock()
+
+    # -- shared checks -----------------------------------------------------------------------------
+    def _card(self, name: str | None) -> ModelCard:
+        return self.client.model(name)
+
+    def _items(self, n: int, param: str) -> None:
+        if n > self.limits.max_items_per_request:
+            raise APIError(f"Too many items in one request: {n}. This server accepts at most "
+                           f"{self.limits.max_items_per_request} per request (--max-items-per-request).", param=param)
+
+    @staticmethod
+    def _priority(req: S._Common) -> None:
+        if req.priority != 0:
+            raise APIError(f"Got priority {req.priority} but Priority scheduling is not enabled.", param="priority")
+
+    @staticmethod
+    def _text_inputs(value: Any, param: str, card: ModelCard) -> Any:
+        """vLLM also takes token ids here; trilate's stages tokenise themselves, so only text is served."""
+        if isinstance(value, list) and value and all(isinstance(v, (int, list)) for v in value):
+            raise APIError(f"{param} as token ids is not supported by trilate ({card.served_name} tokenises its "
+                           f"own text); send text instead", param=param)
+        return value
+
+    @staticmethod
+    def _no_chat(card: ModelCard, param: str = "messages") -> None:
+        raise APIError(f"chat-style `messages` are not supported for {card.served_name} ({card.architecture}): it "
+                       f"has no chat template; send text with `input` / `prompt`", param=param)
+
+    # -- routes ------------------------------------------------------------------------------------
+    def score(self, req: S.ScoreRequest, rid: str) -> Reply:
+        first, second = req.pair()  # type: ignore[misc]
+        side_1, side_2 = _plain(getattr(req, first)), _plain(getattr(req, second))
+        self._items(max(len(_as_list(side_1)), len(_as_list(side_2))), second)
+        card = self._card(req.model)
+        if "embed" not in card.tasks and "token_embed" not in card.tasks:
+            raise RouteNotFound
+        self._priority(req)
+        # vLLM 0.18-0.20 tokenises score inputs with the HF tokenizer directly: left truncation is not
+        # applied there (an over-long item then fails the length check).
+        truncate = None if req.truncation_side == "left" else req.truncate_prompt_tokens
+        try:
+            result = self.client.score(card.served_name, side_1, side_2, truncate_prompt_tokens=truncate,
+                                       use_activation=req.use_activation, **_score_extras(req))
+        except TrilateError as exc:  # the library names the sides text_1 / text_2; use the request's names
+            exc.param = {"text_1": first, "text_2": second}.get(exc.param or "", exc.param)
+            raise
+        self.metrics.add_tokens("/score", result.model, result.usage.prompt_tokens)
+        return Reply(dumps({
+            "id": f"score-{rid}", "object": "list", "created": int(time.time()), "model": result.model,
+            "data": [{"index": item.index, "object": "score", "score": item.score} for item in result.data],
+            "usage": result.usage.to_dict(),
+        }))
+
+    def rerank(self, req: S.RerankRequest, rid: str) -> Reply:
+        documents = [_plain(d) for d in _as_list(req.documents)]
+        self._items(len(documents), "documents")
+        card = self._card(req.model)
+        if "embed" not in card.tasks and "token_embed" not in card.tasks:
+            raise RouteNotFound
+        self._priority(req)
+        truncate = None if req.truncation_side == "left" else req.truncate_prompt_tokens
+        result = self.client.rerank(card.served_name, _plain(req.query), documents, top_n=req.top_n,
+                                    truncate_prompt_tokens=truncate, use_activation=req.use_activation,
+                                    **_score_extras(req))
+        self.metrics.add_tokens("/rerank", result.model, result.usage.prompt_tokens)
+        results = []
+        for item in result.results:
+            entry: dict[str, Any] = {"index": item.index}
+            if req.return_documents is not False:
+                entry["document"] = {"text": item.document.text, "multi_modal": item.document.multi_modal}
+            entry["relevance_score"] = item.relevance_score
+            results.append(entry)
+        usage = {"prompt_tokens": result.usage.prompt_tokens, "total_tokens": result.usage.total_tokens}
+        return Reply(dumps({"id": f"rerank-{rid}", "model": result.model, "usage": usage, "results": results}))
+
+    def pooling(self, req: S.PoolingRequest, rid: str) -> Reply:
+        card = self._card(req.model)
+        return self._vectors(card, req, req.task, f"pool-{rid}", "/pooling", "pooling", "data")
+
+    def embeddings(self, req: S.EmbeddingRequest, rid: str) -> Reply:
+        card = self._card(req.model)
+        if "embed" not in card.tasks:
+            raise RouteNotFound
+        return self._vectors(card, req, "embed", f"embd-{rid}", "/v1/embeddings", "embedding", "embedding")
+
+    def _vectors(self, card: ModelCard, req, task: str | None, rid: str, route: str, object_name: str,
+                 key: str) -> Reply:
+        """/pooling and /v1/embeddings: the library's pooling call, then vLLM's encodings."""
+        self._priority(req)
+        if req.input is None:
+            self._no_chat(card)
+        inputs = self._text_inputs(req.input, "input", card)
+        self._items(len(_as_list(inputs)), "input")
+        result = self.client.pooling(
+            card.served_name, inputs, task=task, truncate_prompt_tokens=req.truncate_prompt_tokens,
+            truncation_side=req.truncation_side, use_activation=req.use_activation,
+            add_special_tokens=req.add_special_tokens, dimensions=req.dimensions)
+        self.metrics.add_tokens(route, result.model, result.usage.prompt_tokens)
+        if req.encoding_format in ("bytes", "bytes_only"):
+            return self._bytes_reply(rid, result.model, [item.data for item in result.data],
+                                     result.usage.prompt_tokens, req)
+        data = [{"index": item.index, "object": object_name,
+                 key: encode_payload(item.data, req.encoding_format, req.embed_dtype, req.endianness)}
+                for item in result.data]
+        return Reply(dumps({"id": rid, "object": "list", "created": int(time.time()), "model": result.model,
+                             "data": data, "usage": result.usage.to_dict()}))
+
+    def _bytes_reply(self, rid: str, model: str, arrays: list[np.ndarray], prompt_tokens: int, req) -> Reply:
+        body, items, offset = [], [], 0
+        for index, array in enumerate(arrays):
+            raw = tensor_bytes(array, req.embed_dtype, req.endianness)
+            items.append({"index": index, "embed_dtype": req.embed_dtype, "endianness": req.endianness,
+                          "start": offset, "end": offset + len(raw), "shape": list(array.shape)})
+            body.append(raw)
+            offset += len(raw)
+        headers = None
+        if req.encoding_format == "bytes":
+            metadata = {"id": rid, "created": int(time.time()), "model": model, "data": items,
+                        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+            headers = {"metadata": json.dumps(metadata, separators=(",", ":"))}
+        return Reply(b"".join(body), media_type="application/octet-stream", headers=headers)
+
+    def tokenize(self, req: S.TokenizeRequest) -> Reply:
+        card = self._card(req.model)
+        if req.prompt is None:
+            self._no_chat(card)
+        add_special = True if req.add_special_tokens is None else req.add_special_tokens
+        result = self.client.tokenize(card.served_name, req.prompt, add_special_tokens=add_special,
+                                      return_token_strs=bool(req.return_token_strs))
+        return Reply(dumps({"count": result.count, "max_model_len": result.max_model_len, "tokens": result.tokens,
+                             "token_strs": result.token_strs}))
+
+    def detokenize(self, req: S.DetokenizeRequest) -> Reply:
+        card = self._card(req.model)
+        tokenizer = self._tokenizer(card)
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        for i, token in enumerate(req.tokens):
+            if not 0 <= token < size:
+                raise APIError(f"tokens[{i}] = {token} is not a token id of {card.served_name} "
+                               f"(vocabulary size {size})", param="tokens")
+        return Reply(dumps({"prompt": tokenizer.decode(req.tokens, skip_special_tokens=False)}))
+
+    def _tokenizer(self, card: ModelCard):
+        """The checkpoint's own tokenizer, read from the folder the served model was built from.
+
+        No Triton stage decodes ids, so /detokenize needs that folder readable here (true under
+        ``trilate serve``; a front end on another machine answers 501).
+        """
+        with self._tokenizer_lock:
+            if card.triton_name in self._tokenizers:
+                return self._tokenizers[card.triton_name]
+        info = self.client.card_json(card)
+        path = Path(info.get("path", "")) / "tokenizer.json"
+        if not path.is_file():
+            raise APIError(f"/detokenize needs {card.served_name}'s tokenizer.json, which is not readable by this "
+                           f"front end ({path}); run the front end beside tritonserver", status=501,
+                           type="NotImplementedError")
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(path))
+        with self._tokenizer_lock:
+            self._tokenizers[card.triton_name] = tokenizer
+        return tokenizer
+
+    def models(self) -> Reply:
+        data = []
+        for card in self.client.models():
+            data.append({
+                "id": card.served_name, "object": "model", "created": self.created, "owned_by": "trilate",
+                "root": card.served_name, "parent": None, "max_model_len": card.max_model_len,
+                "permission": [{
+                    "id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission", "created": self.created,
+                    "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                    "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+                    "organization": "*", "group": None, "is_blocking": False,
+                }],
+            })
+        return Reply(dumps({"object": "list", "data": data}))
+
+    def unhealthy(self, supervisor: Callable[[], dict[str, str]] | None = None) -> dict[str, str]:
+        """What cannot answer now, name -> why: Triton's own view, plus the supervisor's (a model whose stub
+        died still says READY in Triton until it is restarted).  ``{}`` when every model can answer."""
+        down = self.client.unavailable()
+        if supervisor is not None:
+            down.update(supervisor())
+        return dict(sorted(down.items()))
