@@ -124,6 +124,119 @@ def test_a_killed_encoder_stub_is_restarted_and_health_says_so_meanwhile(served,
     assert len(new) == 1 and new != stubs
 
 
+@pytest.fixture(scope="module")
+def strict_front_end(served):
+    """A second front end, in this process, over the same tritonserver: a 1 s deadline, small text bounds."""
+    from trilate.frontend import FrontEnd, Limits, create_app
+    from trilate.launch import free_ports
+
+    limits = Limits(max_items_per_request=300, max_text_chars=5000, request_timeout=1.0)
+    app = create_app(served.grpc_url, "grpc", limits=limits)
+    front = FrontEnd(app, "127.0.0.1", free_ports(1)[0], log_level="warning", drain_timeout=5).start()
+    yield front
+    front.stop()
+
+
+def ensemble_requests(served, name: str) -> int:
+    import tritonclient.grpc as grpcclient
+
+    stats = grpcclient.InferenceServerClient(served.grpc_url).get_inference_statistics(name, as_json=True)
+    return sum(int(m["inference_stats"]["success"].get("count", 0)) + int(m["inference_stats"]["fail"].get("count", 0))
+               for m in stats["model_stats"])
+
+
+def pending(served, name: str) -> float:
+    """Triton's nv_inference_pending_request_count of one model: requests received and not yet answered."""
+    text = httpx.get(f"http://127.0.0.1:{served.metrics_port}/metrics").text
+    rows = [line for line in text.splitlines()
+            if line.startswith("nv_inference_pending_request_count") and f'model="{name}"' in line]
+    assert rows, "tritonserver exports no pending-request count"
+    return sum(float(line.split()[-1]) for line in rows)
+
+
+def test_a_request_past_its_deadline_is_answered_504_and_the_server_keeps_serving(strict_front_end):
+    body = {"model": DEFAULT, "query": "a fox", "documents": [f"{i} {LONG}" for i in range(256)]}
+    with httpx.Client(base_url=strict_front_end.url, timeout=60) as http:
+        start = time.monotonic()
+        resp = http.post("/rerank", json=body)
+        took = time.monotonic() - start
+        assert resp.status_code == 504, resp.text
+        assert "--request-timeout" in resp.json()["error"]["message"] and took < 30
+        assert http.post("/tokenize", json={"model": DEFAULT, "prompt": "still serving"}).status_code == 200
+
+
+def test_a_client_that_goes_away_stops_its_remaining_work(served, strict_front_end):
+    # 300 documents are three Triton requests of at most 128; the client leaves during the first.
+    body = {"model": DEFAULT, "query": "a fox", "documents": [f"{i} {LONG}" for i in range(300)]}
+    score = "sentence-transformers--all-MiniLM-L6-v2__score"
+    from trilate.frontend import FrontEnd, Limits, create_app
+    from trilate.launch import free_ports
+
+    app = create_app(served.grpc_url, "grpc", limits=Limits(request_timeout=300))
+    front = FrontEnd(app, "127.0.0.1", free_ports(1)[0], log_level="warning", drain_timeout=5).start()
+    try:
+        before = ensemble_requests(served, score)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{front.url}/rerank", json=body, timeout=0.5)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the front end has let go of the request
+            metrics = httpx.get(f"{front.url}/metrics").text
+            if 'status="499"' in metrics:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the front end never noticed that its client went away")
+        while ensemble_requests(served, score) == before and time.monotonic() < deadline:
+            time.sleep(0.2)  # the chunk in flight completes
+        time.sleep(0.5)  # were the next chunk sent, it would be pending in Triton by now
+        assert ensemble_requests(served, score) - before == 1
+        assert pending(served, score) == 0
+    finally:
+        front.stop()
+
+
+def test_bounds_refuse_long_lists_and_long_texts_before_validating_them(strict_front_end):
+    cases = [
+        ("/v1/embeddings", {"model": DEFAULT, "input": ["x"] * 100_000}, "input", "Too many items in one request"),
+        ("/v1/embeddings", {"model": DEFAULT, "input": list(range(1_000_000))}, "input", "Too many items"),
+        ("/pooling", {"model": DEFAULT, "input": [[101, 2054, 102]] * 200}, "input", "token ids"),
+        ("/rerank", {"model": DEFAULT, "query": "q", "documents": ["x" * 6000]}, "documents", "--max-text-chars"),
+        ("/score", {"model": DEFAULT, "text_1": "q" * 6000, "text_2": "d"}, "text_1", "--max-text-chars"),
+        ("/tokenize", {"model": DEFAULT, "prompt": "p" * 6000}, "prompt", "--max-text-chars"),
+    ]
+    with httpx.Client(base_url=strict_front_end.url, timeout=60) as http:
+        for route, body, param, words in cases:
+            resp = http.post(route, json=body)
+            assert resp.status_code == 400, (route, resp.text[:300])
+            error = resp.json()["error"]
+            assert error["param"] == param and words in error["message"], error
+        assert http.post("/tokenize", json={"model": DEFAULT, "prompt": "p" * 4000}).status_code == 200
+
+
+def test_a_storm_of_unknown_model_names_lists_the_models_at_most_once_a_second(served):
+    from trilate import TrilateClient
+    from trilate.errors import ModelNotFoundError
+
+    class Counting(TrilateClient):
+        listings = 0
+
+        def _load_cards(self):
+            Counting.listings += 1
+            return super()._load_cards()
+
+    client = Counting(served.grpc_url, protocol="grpc")
+    client.models()
+    start = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        def ask(i):
+            with pytest.raises(ModelNotFoundError):
+                client.model(f"no/such-model-{i}")
+            return client.model(DEFAULT).served_name
+        assert set(pool.map(ask, range(400))) == {DEFAULT}
+    elapsed = time.monotonic() - start
+    assert Counting.listings <= 2 + elapsed / client.REFRESH_INTERVAL, (Counting.listings, elapsed)
+
+
 def test_ctrl_c_with_requests_in_flight_answers_them_all_then_exits_0(served, http):
     with ThreadPoolExecutor(6) as pool:
         heavy = [pool.submit(httpx.post, f"http://127.0.0.1:{served.port}/rerank", json=HEAVY, timeout=120)

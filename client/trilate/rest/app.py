@@ -7,6 +7,7 @@ connection per thread, kept between requests); the event loop only parses and se
 # No `from __future__ import annotations` here: FastAPI reads the route functions' annotations at run time.
 import functools
 import logging
+import threading
 import time
 import uuid
 from http import HTTPStatus
@@ -14,7 +15,7 @@ from typing import Any, Callable
 
 from .. import schemas as S
 from ..client import TrilateClient
-from ..errors import TrilateError
+from ..errors import DeadlineExceededError, RequestCancelledError, TrilateError
 from .errors import APIError, RouteNotFound, error_body, error_response, validation_message
 from .limits import Guard, Limits
 from .metrics import METRICS_MEDIA, Metrics
@@ -24,6 +25,8 @@ logger = logging.getLogger("trilate.frontend")
 
 ROUTES = {"/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/pooling", "/v1/embeddings", "/tokenize",
           "/detokenize", "/v1/models", "/health", "/version", "/metrics"}
+
+DISCONNECT_POLL_S = 0.25  # how often a request in flight checks that its client is still there
 
 TITLE = "trilate"
 DESCRIPTION = ("vLLM-compatible pooling API (score, rerank, pooling, embeddings, tokenize) over a Triton "
@@ -87,6 +90,10 @@ def create_app(
         status = HTTPStatus.BAD_REQUEST
         return error_response(validation_message(exc), status.phrase, int(status))
 
+    @app.exception_handler(S.BoundsError)
+    async def _over_bounds(_: Request, exc: S.BoundsError):
+        return error_response(exc.message, "BadRequestError", int(HTTPStatus.BAD_REQUEST), exc.param)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         # Unknown routes and methods keep FastAPI's plain {"detail": ...} (as vLLM's do); anything else
@@ -100,13 +107,50 @@ def create_app(
         card that vanished) are a retryable 503 naming the model, not a 500 or a 404."""
         if unhealthy is None or isinstance(exc, (APIError, RouteNotFound)):
             return None
-        if isinstance(exc, TrilateError) and exc.status == 400:
+        if isinstance(exc, TrilateError) and exc.status in (400, 499, 504):
             return None
         return unhealthy() or None
 
-    async def run(fn: Callable[..., Reply], *args):
+    async def call(fn: Callable[..., Reply], args: tuple, request: Request | None) -> Reply:
+        """``fn(*args)`` in a worker thread (waiting for a limiter slot first), bounded by --request-timeout;
+        given up (and told to send Triton nothing more) when the deadline passes or the client goes away."""
+        deadline = time.monotonic() + limits.request_timeout
+        cancelled = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def bounded():
+            with client.bounded(deadline, cancelled):
+                return fn(*args)
+
+        async def work(group):
+            try:
+                outcome["reply"] = await anyio.to_thread.run_sync(bounded, limiter=limiter, abandon_on_cancel=True)
+            except Exception as exc:
+                outcome["error"] = exc
+            group.cancel_scope.cancel()
+
+        async def watch(group):
+            while not await request.is_disconnected():
+                await anyio.sleep(DISCONNECT_POLL_S)
+            outcome["error"] = RequestCancelledError("the client closed the connection")
+            group.cancel_scope.cancel()
+
+        with anyio.move_on_after(limits.request_timeout) as timer:
+            async with anyio.create_task_group() as group:
+                group.start_soon(work, group)
+                if request is not None:
+                    group.start_soon(watch, group)
+        if timer.cancelled_caught and not outcome:
+            outcome["error"] = DeadlineExceededError(
+                f"the request did not finish within {limits.request_timeout:g} s (--request-timeout)")
+        if "error" in outcome:
+            cancelled.set()
+            raise outcome["error"]
+        return outcome["reply"]
+
+    async def run(fn: Callable[..., Reply], *args, request: Request | None = None):
         try:
-            reply = await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=limiter)
+            reply = await call(fn, args, request)
         except Exception as exc:
             down = restarting(exc)
             if down:
@@ -129,7 +173,7 @@ def create_app(
                  "/v1/score is vLLM's deprecated alias.")
     for path in ("/score", "/v1/score"):
         async def score(body: S.ScoreRequest, request: Request):
-            return await run(service.score, body, request_id(request, body))
+            return await run(service.score, body, request_id(request, body), request=request)
 
         app.post(path, response_model=S.ScoreResponse, responses=errors, tags=["score"], description=score_doc,
                  name=f"score{path.replace('/', '_')}")(score)
@@ -138,7 +182,7 @@ def create_app(
                   "Jina / Cohere ones (documents as {\"text\": ...}, return_documents).")
     for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
         async def rerank(body: S.RerankRequest, request: Request):
-            return await run(service.rerank, body, request_id(request, body))
+            return await run(service.rerank, body, request_id(request, body), request=request)
 
         app.post(path, response_model=S.RerankResponse, responses=errors, tags=["rerank"], description=rerank_doc,
                  name=f"rerank{path.replace('/', '_')}")(rerank)
@@ -146,16 +190,16 @@ def create_app(
     @app.post("/pooling", response_model=S.PoolingResponse, responses=errors, tags=["pooling"])
     async def pooling(body: S.PoolingRequest, request: Request):
         """Per-token (task token_embed, the default where supported) or pooled (task embed) vectors."""
-        return await run(service.pooling, body, request_id(request, body))
+        return await run(service.pooling, body, request_id(request, body), request=request)
 
     @app.post("/v1/embeddings", response_model=S.EmbeddingResponse, responses=errors, tags=["embeddings"])
     async def embeddings(body: S.EmbeddingRequest, request: Request):
         """OpenAI embeddings (bi-encoders; a late-interaction model answers 404 as vLLM does)."""
-        return await run(service.embeddings, body, request_id(request, body))
+        return await run(service.embeddings, body, request_id(request, body), request=request)
 
     @app.post("/tokenize", response_model=S.TokenizeResponse, responses=errors, tags=["tokenizer"])
-    async def tokenize(body: S.TokenizeRequest):
-        return await run(service.tokenize, body)
+    async def tokenize(body: S.TokenizeRequest, request: Request):
+        return await run(service.tokenize, body, request=request)
 
     @app.post("/detokenize", response_model=S.DetokenizeResponse, responses=errors, tags=["tokenizer"])
     async def detokenize(body: S.DetokenizeRequest):

@@ -75,14 +75,6 @@ class Service:
             raise APIError(f"Got priority {req.priority} but Priority scheduling is not enabled.", param="priority")
 
     @staticmethod
-    def _text_inputs(value: Any, param: str, card: ModelCard) -> Any:
-        """vLLM also takes token ids here; trilate's stages tokenise themselves, so only text is served."""
-        if isinstance(value, list) and value and all(isinstance(v, (int, list)) for v in value):
-            raise APIError(f"{param} as token ids is not supported by trilate ({card.served_name} tokenises its "
-                           f"own text); send text instead", param=param)
-        return value
-
-    @staticmethod
     def _no_chat(card: ModelCard, param: str = "messages") -> None:
         raise APIError(f"chat-style `messages` are not supported for {card.served_name} ({card.architecture}): it "
                        f"has no chat template; send text with `input` / `prompt`", param=param)
@@ -150,7 +142,7 @@ class Service:
         self._priority(req)
         if req.input is None:
             self._no_chat(card)
-        inputs = self._text_inputs(req.input, "input", card)
+        inputs = req.input
         self._items(len(_as_list(inputs)), "input")
         result = self.client.pooling(
             card.served_name, inputs, task=task, truncate_prompt_tokens=req.truncate_prompt_tokens,
