@@ -179,6 +179,8 @@ class ServerConfig:
     grpc_port: int = 8011
     metrics_port: int = 8012
     log_verbose: int = 0
+    # Models are (re)loaded through the repository API: the supervisor restarts a model whose stub died.
+    explicit_model_control: bool = False
     extra_args: list[str] = field(default_factory=list)
     tritonserver: str | None = None  # --tritonserver; None: PATH, then the wheel
 
@@ -203,6 +205,7 @@ class ServerConfig:
             f"--log-verbose={self.log_verbose}",
             "--backend-config=python,shm-default-byte-size=4194304",
             "--backend-config=python,shm-growth-byte-size=16777216",
+            *(["--model-control-mode=explicit", "--load-model=*"] if self.explicit_model_control else []),
             *self.extra_args,
         ]
 

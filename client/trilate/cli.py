@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 import tempfile
-import time
+import threading
 from pathlib import Path
 
 from python_backend_models.checkpoint import DEFAULT_MODEL
@@ -127,7 +127,15 @@ def cmd_build_repo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """tritonserver + supervisor + REST front end until SIGINT / SIGTERM.
+
+    Exit codes: 0 after a requested stop (in-flight REST requests are answered first, up to
+    ``--drain-timeout``); 1 when startup fails, the front end stops, or tritonserver dies.  trilate does
+    not restart a dead tritonserver itself: a crash loop stays visible to the process supervisor
+    (systemd ``Restart=on-failure``, Kubernetes' restart policy), which restarts the whole service.
+    """
     from python_backend_models.server import ServerConfig, ServerError, TritonServer, find_tritonserver
+    from python_backend_models.supervision import Supervisor, python_models
 
     frontend = None
     if not args.no_frontend:
@@ -143,20 +151,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     repo = Path(args.model_repository) if args.model_repository else Path(tempfile.mkdtemp(prefix="trilate-repo-"))
     _progress_setup(args)
     infos = _build_with_progress(args, repo)
-    config = ServerConfig(model_repository=repo.resolve(), host=args.host, http_port=args.http_port,
+    config = ServerConfig(model_repository=repo.resolve(), host=args.triton_host, http_port=args.http_port,
                           grpc_port=args.grpc_port, metrics_port=args.metrics_port, log_verbose=args.log_verbose,
-                          tritonserver=args.tritonserver)
+                          tritonserver=args.tritonserver, explicit_model_control=True)
     server = TritonServer(config, log_file=repo.resolve() / "tritonserver.log")
     _say(args, f"starting tritonserver; each model's loading follows (its full log: {server.log_file})")
-    stop = {"now": False}
+    supervisor = None
+    stop = threading.Event()
 
     def _on_signal(signum, frame):
-        stop["now"] = True
+        if stop.is_set():  # a second Ctrl-C: stop now, without waiting for requests in flight
+            raise KeyboardInterrupt
+        print(f"trilate: {signal.Signals(signum).name}: finishing requests in flight (up to "
+              f"{args.drain_timeout:.0f} s), then stopping", file=sys.stderr, flush=True)
+        stop.set()
 
-    signal.signal(signal.SIGTERM, _on_signal)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
     try:
         server.start(timeout=args.startup_timeout, stream_output=args.log_verbose > 0,
                      progress=lambda message: _say(args, message))
+        supervisor = Supervisor(server.process.pid, server.http_url, python_models(repo),
+                                log=lambda line: print(f"trilate: {line}", file=sys.stderr, flush=True)).start()
         for info in infos:
             _say(args, f"serving {info.served_name!r} ({info.architecture}, {', '.join(info.tasks)}; "
                        f"scores: {info.score_type})")
@@ -166,27 +182,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
             triton_url = server.grpc_url if args.frontend_protocol == "grpc" else server.http_url
             app = create_app(triton_url, args.frontend_protocol, limits=limits,
                              metrics_url=f"http://{config.host}:{config.metrics_port}/metrics",
-                             model_repository=repo)
-            frontend = FrontEnd(app, args.host, args.port, log_level=args.uvicorn_log_level).start()
+                             model_repository=repo, unhealthy=supervisor.unhealthy)
+            frontend = FrontEnd(app, args.host, args.port, log_level=args.uvicorn_log_level,
+                                drain_timeout=args.drain_timeout).start()
             print(f"trilate: REST API (vLLM-compatible) {frontend.url}  (OpenAPI page {frontend.url}/docs)",
                   flush=True)
         print(f"trilate: ready. Triton HTTP http://{config.host}:{config.http_port}  gRPC {config.host}:{config.grpc_port}  "
               f"metrics http://{config.host}:{config.metrics_port}/metrics  (Ctrl-C stops)", flush=True)
-        while not stop["now"] and server.process is not None and server.process.poll() is None:
+        while not stop.wait(0.5):
+            if server.process.poll() is not None:
+                print(f"trilate: tritonserver exited unexpectedly (code {server.process.returncode}); stopping. "
+                      "Restart trilate serve (a process supervisor does this on a non-zero exit).",
+                      file=sys.stderr, flush=True)
+                code = 1
+                break
             if frontend is not None and not frontend.alive():
-                print("trilate: the REST front end stopped", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+                print("trilate: the REST front end stopped", file=sys.stderr, flush=True)
+                code = 1
+                break
     except KeyboardInterrupt:
         pass
     except (ServerError, RuntimeError) as exc:
         print(f"trilate: {exc}", file=sys.stderr)
-        return 1
+        code = 1
     finally:
         if frontend is not None:
-            frontend.stop()
+            frontend.stop()  # stops accepting, answers what is in flight (bounded by --drain-timeout)
+        if supervisor is not None:
+            supervisor.stop()
         server.stop()
-    return 0
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
 
     serve = sub.add_parser("serve", help="build the model repository and run tritonserver until Ctrl-C")
     _model_arguments(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address the REST front end binds (default: loopback only); Triton's ports stay on "
+                            "--triton-host")
+    serve.add_argument("--triton-host", default="127.0.0.1",
+                       help="address Triton's HTTP, gRPC and metrics ports bind (default: loopback only; they "
+                            "have none of the REST front end's limits)")
     serve.add_argument("--http-port", type=int, default=8010)
     serve.add_argument("--grpc-port", type=int, default=8011)
     serve.add_argument("--metrics-port", type=int, default=8012)
@@ -210,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000,
                        help="port of the vLLM-compatible REST front end (bound to --host)")
     serve.add_argument("--no-frontend", action="store_true", help="run tritonserver only, no REST front end")
+    serve.add_argument("--drain-timeout", type=float, default=30.0,
+                       help="on SIGINT / SIGTERM, seconds to finish REST requests in flight before stopping")
     serve.add_argument("--frontend-protocol", default="grpc", choices=["grpc", "http"],
                        help="how the REST front end talks to tritonserver")
     from .frontend import add_limit_arguments

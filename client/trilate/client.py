@@ -15,15 +15,25 @@ One ``TrilateClient`` may be shared by threads (each thread gets its own tritonc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import time
 from typing import Any, Sequence
 
 import numpy as np
 from python_backend_models import contract as C
 from tritonclient.utils import InferenceServerException
 
-from .errors import InvalidInputError, ModelNotFoundError, ServerUnavailableError, TrilateError, UnsupportedTaskError
+from .errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    ModelNotFoundError,
+    RequestCancelledError,
+    ServerUnavailableError,
+    TrilateError,
+    UnsupportedTaskError,
+)
 from .types import (
     EmbeddingItem,
     EmbeddingResult,
@@ -103,6 +113,7 @@ class TrilateClient:
         self.timeout = timeout
         self._local = threading.local()
         self._cards: dict[str, ModelCard] | None = None
+        self._listed_at = 0.0
         self._lock = threading.Lock()
 
     # -- transport ---------------------------------------------------------------------------------
@@ -125,8 +136,33 @@ class TrilateClient:
             self._local.client = client
         return client
 
+    @contextlib.contextmanager
+    def bounded(self, deadline: float, cancelled: threading.Event | None = None):
+        """Calls made by this thread inside the block end by ``deadline`` (``time.monotonic()``) and send
+        nothing more once ``cancelled`` is set: a call past the deadline raises DeadlineExceededError; over
+        gRPC the Triton request in flight carries the remaining time, so Triton drops it too."""
+        previous = getattr(self._local, "budget", None)
+        self._local.budget = (deadline, cancelled)
+        try:
+            yield self
+        finally:
+            self._local.budget = previous
+
+    def _remaining(self) -> float:
+        budget = getattr(self._local, "budget", None)
+        if budget is None:
+            return self.timeout
+        deadline, cancelled = budget
+        if cancelled is not None and cancelled.is_set():
+            raise RequestCancelledError("the request was cancelled by its caller")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceededError("the request did not finish within its deadline (--request-timeout)")
+        return min(self.timeout, remaining)
+
     def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str],
                parameters: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        timeout = self._remaining()
         module = self._module
         infer_inputs = []
         for name, array in inputs.items():
@@ -148,7 +184,7 @@ class TrilateClient:
                 result = self._triton().infer(model, infer_inputs, outputs=requested, parameters=params or None)
             else:
                 result = self._triton().infer(model, infer_inputs, outputs=requested, parameters=params or None,
-                                              client_timeout=self.timeout)
+                                              client_timeout=timeout)
         except InferenceServerException as exc:
             error = _translate(exc)
             if isinstance(error, ModelNotFoundError):
@@ -162,22 +198,32 @@ class TrilateClient:
         return {name: result.as_numpy(name) for name in outputs}
 
     # -- models ------------------------------------------------------------------------------------
+    # An unknown name re-reads the server's model list at most this often: a storm of bad names costs one
+    # listing a second, and the other requests never wait behind it.
+    REFRESH_INTERVAL = 1.0
+
     def models(self, refresh: bool = False) -> list[ModelCard]:
-        """Every model the server serves (read from the ensembles' configs)."""
-        with self._lock:
-            if self._cards is None or refresh:
+        """Every model the server serves (read from the ensembles' configs).  ``refresh`` re-reads the list
+        unless another thread did within ``REFRESH_INTERVAL`` seconds."""
+        cards = self._cards
+        if cards is not None and not (refresh and time.monotonic() - self._listed_at > self.REFRESH_INTERVAL):
+            return list(cards.values())
+        with self._lock:  # one listing at a time; those who waited for it use its result
+            if self._cards is None or (refresh and time.monotonic() - self._listed_at > self.REFRESH_INTERVAL):
                 self._cards = self._load_cards()
+                self._listed_at = time.monotonic()
             return list(self._cards.values())
 
-    def _load_cards(self) -> dict[str, ModelCard]:
+    def _index(self) -> list[dict[str, Any]]:
+        """Triton's repository index: one ``{"name", "state", "reason"?}`` per model."""
         client = self._triton()
+        if self.protocol == "http":
+            return client.get_model_repository_index()
+        return client.get_model_repository_index(as_json=True).get("models", [])
+
+    def _load_cards(self) -> dict[str, ModelCard]:
         try:
-            if self.protocol == "http":
-                index = client.get_model_repository_index()
-                names = [m["name"] for m in index if m.get("state") == "READY"]
-            else:
-                index = client.get_model_repository_index(as_json=True).get("models", [])
-                names = [m["name"] for m in index if m.get("state") == "READY"]
+            names = [m["name"] for m in self._index() if m.get("state") == "READY"]
         except InferenceServerException as exc:
             raise ServerUnavailableError(f"cannot list models at {self.url}: {exc.message()}") from None
         except Exception as exc:  # connection refused and friends
@@ -212,6 +258,20 @@ class TrilateClient:
             return bool(self._triton().is_server_ready())
         except Exception:
             return False
+
+    def unavailable(self) -> dict[str, str]:
+        """What cannot answer now: Triton models that are not READY (name -> state and reason), or
+        ``{"tritonserver": why}`` when the server is not ready or cannot be reached; ``{}`` when all can."""
+        try:
+            ready = self._triton().is_server_ready()  # strict readiness: false while any model is not READY
+            index = self._index()
+        except Exception as exc:
+            return {"tritonserver": f"unreachable at {self.url}: {exc}"}
+        down = {m["name"]: f"state {m.get('state') or 'unknown'}" + (f" ({m['reason']})" if m.get("reason") else "")
+                for m in index if m.get("state") != "READY"}
+        if not ready and not down:
+            down["tritonserver"] = "not ready"
+        return down
 
     def model(self, name: str | None) -> ModelCard:
         """The card of a served model; ``None`` picks the only one (vLLM lets ``model`` be omitted)."""
@@ -452,12 +512,16 @@ def _translate(exc: InferenceServerException) -> TrilateError:
     if message.startswith("in ensemble "):
         message = message.split(", ", 1)[-1]
     status = str(exc.status() or "")
+    if status == "StatusCode.DEADLINE_EXCEEDED":
+        return DeadlineExceededError("the request did not finish within its deadline (--request-timeout)")
     # Triton's HTTP endpoint answers an unknown model with 400 ("Request for unknown model: ..."), gRPC
     # with NOT_FOUND; the caller names the model.
     if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in message:
         return ModelNotFoundError(message)
     if status in ("400", "StatusCode.INVALID_ARGUMENT"):
         return InvalidInputError(message)
-    if status in ("503", "StatusCode.UNAVAILABLE"):
+    if status in ("503", "StatusCode.UNAVAILABLE") or "is not healthy" in message:
+        # A Python-backend stub that died answers "Stub process '...' is not healthy" until trilate's
+        # supervisor has restarted it: retryable, not a bug.
         return ServerUnavailableError(message)
     return TrilateError(message)

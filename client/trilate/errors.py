@@ -38,3 +38,17 @@ class ServerUnavailableError(TrilateError):
 
     status = 503
     type = "ServiceUnavailableError"
+
+
+class DeadlineExceededError(TrilateError):
+    """The request's deadline (``TrilateClient.bounded``, the front end's ``--request-timeout``) passed."""
+
+    status = 504
+    type = "TimeoutError"
+
+
+class RequestCancelledError(TrilateError):
+    """The caller gave up on the request (a REST client that went away); nothing more is sent for it."""
+
+    status = 499
+    type = "ClientClosedRequest"

@@ -80,6 +80,20 @@ class ServeProcess:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    def tritonserver_pid(self) -> int:
+        """The pid of the tritonserver that this ``trilate serve`` started (a child process of it)."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.proc.pid and argv0.endswith(b"tritonserver"):
+                return int(entry.name)
+        raise ServeError("this trilate serve has no tritonserver child process")
+
     def stop(self, timeout: float = 60.0) -> int | None:
         """Ctrl-C, as a user stops it; killed after ``timeout``.  Returns the exit code."""
         if self.proc.poll() is None:

@@ -8,7 +8,9 @@ hot path), in vLLM's key order.
 from __future__ import annotations
 
 import builtins
-from typing import Annotated, Any, Literal
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -19,8 +21,63 @@ INT64_MAX = 2**63 - 1
 PoolingTask = Literal["embed", "classify", "token_embed", "token_classify", "embed&token_classify", "plugin"]
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """Sizes checked on the raw JSON before pydantic validates a request (``trilate serve`` limits): a list longer
+    than ``max_items`` or a string longer than ``max_text_chars`` costs one look, not a full validation."""
+
+    max_items: int = 2048
+    max_text_chars: int = 1 << 20
+
+
+BOUNDS: ContextVar[Bounds] = ContextVar("trilate_request_bounds", default=Bounds())  # set per request by the app
+
+
+class BoundsError(Exception):
+    """A request over a size bound, found on the raw JSON; the app answers it as a 400 naming ``param``.
+    (Not a ValueError, so that pydantic does not wrap it into a validation error without the field.)"""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.message, self.param = message, param
+
+
+def _check_bounds(value: Any, field: str, bounds: Bounds, depth: int = 0, texts: bool = True) -> None:
+    if isinstance(value, str):
+        if len(value) > bounds.max_text_chars:
+            raise BoundsError(f"{field}: a text of {len(value)} characters; this server accepts at most "
+                              f"{bounds.max_text_chars} characters per text (--max-text-chars).", field)
+    elif isinstance(value, list):
+        if len(value) > bounds.max_items:
+            raise BoundsError(f"Too many items in one request: {len(value)}. This server accepts at most "
+                              f"{bounds.max_items} per request (--max-items-per-request).", field)
+        if texts and value and depth == 0 and isinstance(value[0], (int, list)) and not isinstance(value[0], bool):
+            raise BoundsError(f"{field} as token ids is not supported by trilate (it tokenises its own text); "
+                              "send text instead", field)
+        if texts:
+            for item in value:
+                _check_bounds(item, field, bounds, depth + 1)
+    elif isinstance(value, dict) and depth < 3:
+        for key in ("text", "content"):
+            if key in value:
+                _check_bounds(value[key], field, bounds, depth + 1)
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    # Fields whose raw JSON is bounded before validation (texts and lists of texts).
+    BOUNDED: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounds(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            bounds = BOUNDS.get()
+            for name in cls.BOUNDED:
+                if name in data:
+                    _check_bounds(data[name], name, bounds, texts=name != "tokens")
+        return data
 
 
 # -- inputs of /score and /rerank ----------------------------------------------------------------------
@@ -77,6 +134,7 @@ class _ScoreExtras(_Request):
 
 class ScoreRequest(_Common, _ScoreExtras):
     """One of four field pairs names the two sides; side 1 is the query side (MaxSim is asymmetric)."""
+    BOUNDED = ('queries', 'documents', 'items', 'data_1', 'data_2', 'text_1', 'text_2')
 
     model_config = ConfigDict(extra="allow", json_schema_extra={
         "anyOf": [{"required": [first, second]} for first, second in PAIRS]})
@@ -105,6 +163,7 @@ class ScoreRequest(_Common, _ScoreExtras):
 
 
 class RerankRequest(_Common, _ScoreExtras):
+    BOUNDED = ('query', 'documents')
     query: ScoreInput
     documents: RerankDocumentInput | list[RerankDocumentInput]
     top_n: int = Field(default=0, description="0 or less: every document")
@@ -113,9 +172,10 @@ class RerankRequest(_Common, _ScoreExtras):
 
 
 class PoolingRequest(_Common, _Encoding):
+    BOUNDED = ('input', 'messages')
     model_config = ConfigDict(extra="allow", json_schema_extra={"anyOf": [{"required": ["input"]}, {"required": ["messages"]}]})
 
-    input: str | list[str] | list[int] | list[list[int]] | None = None
+    input: str | list[str] | None = None
     messages: list[dict[str, Any]] | None = None
     task: PoolingTask | None = None
     embedding_mode: Literal["query", "document"] | None = Field(
@@ -149,6 +209,8 @@ CohereEmbeddingType = Literal["float", "base64", "binary", "ubinary", "int8", "u
 class CohereEmbedRequest(_Request):
     """Cohere's ``POST /v2/embed`` (what vLLM serves there; ``texts`` or ``inputs``, text only for now)."""
 
+    BOUNDED = ("texts", "images", "inputs")
+
     model: str | None = None
     input_type: str | None = Field(default=None, description="picks a prefix from the checkpoint's "
                                    "task_instructions (config.json) or prompts (config_sentence_transformers.json)")
@@ -165,9 +227,10 @@ class CohereEmbedRequest(_Request):
 
 
 class EmbeddingRequest(_Common, _Encoding):
+    BOUNDED = ('input', 'messages')
     model_config = ConfigDict(extra="allow", json_schema_extra={"anyOf": [{"required": ["input"]}, {"required": ["messages"]}]})
 
-    input: str | list[str] | list[int] | list[list[int]] | None = None
+    input: str | list[str] | None = None
     messages: list[dict[str, Any]] | None = None
     dimensions: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = None
     add_special_tokens: bool | None = None
@@ -180,6 +243,7 @@ class EmbeddingRequest(_Common, _Encoding):
 
 
 class TokenizeRequest(_Request):
+    BOUNDED = ('prompt', 'messages')
     model_config = ConfigDict(extra="allow", json_schema_extra={"anyOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
 
     model: str | None = None
@@ -196,6 +260,7 @@ class TokenizeRequest(_Request):
 
 
 class DetokenizeRequest(_Request):
+    BOUNDED = ('tokens',)
     model: str | None = None
     tokens: list[int]
 

@@ -7,6 +7,7 @@ connection per thread, kept between requests); the event loop only parses and se
 # No `from __future__ import annotations` here: FastAPI reads the route functions' annotations at run time.
 import functools
 import logging
+import threading
 import time
 import uuid
 from http import HTTPStatus
@@ -15,8 +16,8 @@ from typing import Any, Callable
 
 from .. import schemas as S
 from ..client import TrilateClient
-from ..errors import TrilateError
-from .errors import APIError, RouteNotFound, error_response, lone_surrogate, validation_message
+from ..errors import DeadlineExceededError, RequestCancelledError, TrilateError
+from .errors import APIError, RouteNotFound, error_body, error_response, lone_surrogate, validation_message
 from .limits import Guard, Limits
 from .metrics import METRICS_MEDIA, Metrics
 from .service import Reply, Service
@@ -25,6 +26,8 @@ logger = logging.getLogger("trilate.frontend")
 
 ROUTES = {"/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/pooling", "/v1/embeddings", "/v2/embed",
           "/tokenize", "/detokenize", "/v1/models", "/health", "/version", "/metrics"}
+
+DISCONNECT_POLL_S = 0.25  # how often a request in flight checks that its client is still there
 
 TITLE = "trilate"
 DESCRIPTION = ("vLLM-compatible pooling API (score, rerank, pooling, embeddings, tokenize) over a Triton "
@@ -59,12 +62,15 @@ def create_app(
     limits: Limits | None = None,
     client: TrilateClient | None = None,
     model_repository: str | Path | None = None,
+    unhealthy: Callable[[], dict[str, str]] | None = None,
 ):
     """The REST app over tritonserver at ``triton_url`` (``protocol`` "grpc" or "http").
 
     ``metrics_url``: tritonserver's Prometheus endpoint (``http://host:8012/metrics``), served on
     ``/metrics`` before the front end's own series.  ``client`` replaces the library client (tests).
     ``model_repository``: the repository tritonserver serves, where /detokenize finds the tokenizers.
+    ``unhealthy``: the supervisor's view (Triton model name -> why it cannot answer), for ``/health`` and
+    for answering 503 instead of 500 / 404 while a model is being restarted.
     """
     import anyio
     from fastapi import FastAPI, Request
@@ -91,6 +97,10 @@ def create_app(
         status = HTTPStatus.BAD_REQUEST
         return error_response(validation_message(exc), status.phrase, int(status))
 
+    @app.exception_handler(S.BoundsError)
+    async def _over_bounds(_: Request, exc: S.BoundsError):
+        return error_response(exc.message, "BadRequestError", int(HTTPStatus.BAD_REQUEST), exc.param)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         # Unknown routes and methods keep FastAPI's plain {"detail": ...} (as vLLM's do); anything else
@@ -99,24 +109,71 @@ def create_app(
             return await http_exception_handler(request, exc)
         return error_response(str(exc.detail), HTTPStatus(exc.status_code).phrase, exc.status_code)
 
-    async def run(fn: Callable[..., Reply], *args):
+    def restarting(exc: Exception) -> dict[str, str] | None:
+        """While the supervisor restarts a model, its failures (a dead stub, an ensemble Triton has unloaded, a
+        card that vanished) are a retryable 503 naming the model, not a 500 or a 404."""
+        if unhealthy is None or isinstance(exc, (APIError, RouteNotFound)):
+            return None
+        if isinstance(exc, TrilateError) and exc.status in (400, 499, 504):
+            return None
+        return unhealthy() or None
+
+    async def call(fn: Callable[..., Reply], args: tuple, request: Request | None) -> Reply:
+        """``fn(*args)`` in a worker thread (waiting for a limiter slot first), bounded by --request-timeout;
+        given up (and told to send Triton nothing more) when the deadline passes or the client goes away."""
+        deadline = time.monotonic() + limits.request_timeout
+        cancelled = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def bounded():
+            with client.bounded(deadline, cancelled):
+                return fn(*args)
+
+        async def work(group):
+            try:
+                outcome["reply"] = await anyio.to_thread.run_sync(bounded, limiter=limiter, abandon_on_cancel=True)
+            except Exception as exc:
+                outcome["error"] = exc
+            group.cancel_scope.cancel()
+
+        async def watch(group):
+            while not await request.is_disconnected():
+                await anyio.sleep(DISCONNECT_POLL_S)
+            outcome["error"] = RequestCancelledError("the client closed the connection")
+            group.cancel_scope.cancel()
+
+        with anyio.move_on_after(limits.request_timeout) as timer:
+            async with anyio.create_task_group() as group:
+                group.start_soon(work, group)
+                if request is not None:
+                    group.start_soon(watch, group)
+        if timer.cancelled_caught and not outcome:
+            outcome["error"] = DeadlineExceededError(
+                f"the request did not finish within {limits.request_timeout:g} s (--request-timeout)")
+        if "error" in outcome:
+            cancelled.set()
+            raise outcome["error"]
+        return outcome["reply"]
+
+    async def run(fn: Callable[..., Reply], *args, request: Request | None = None):
         for arg in args:  # before anything echoes a field (ids, model names) into a JSON answer
             if (bad := lone_surrogate(arg)) is not None:
                 return error_response(bad.message, bad.type, bad.status, bad.param)
         try:
-            reply = await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=limiter)
-        except RouteNotFound:
-            return JSONResponse({"detail": "Not Found"}, status_code=404)
-        except APIError as exc:
-            return error_response(exc.message, exc.type, exc.status, exc.param)
-        except TrilateError as exc:
-            return error_response(exc.message, exc.type, exc.status, exc.param)
-        except (ConnectionError, OSError) as exc:
-            status = HTTPStatus.SERVICE_UNAVAILABLE
-            return error_response(f"cannot reach tritonserver at {client.url}: {exc}", "ServiceUnavailableError",
-                                  int(status))
-        except Exception as exc:  # a bug: answer in the envelope, keep serving, log the trace
-            logger.exception("internal error")
+            reply = await call(fn, args, request)
+        except Exception as exc:
+            down = restarting(exc)
+            if down:
+                return unavailable_response("temporarily unavailable, retry shortly", down)
+            if isinstance(exc, RouteNotFound):
+                return JSONResponse({"detail": "Not Found"}, status_code=404)
+            if isinstance(exc, (APIError, TrilateError)):
+                return error_response(exc.message, exc.type, exc.status, exc.param)
+            if isinstance(exc, (ConnectionError, OSError)):
+                status = HTTPStatus.SERVICE_UNAVAILABLE
+                return error_response(f"cannot reach tritonserver at {client.url}: {exc}", "ServiceUnavailableError",
+                                      int(status))
+            logger.exception("internal error")  # a bug: answer in the envelope, keep serving, log the trace
             return error_response(f"{type(exc).__name__}: {exc}", "InternalServerError", 500)
         return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
 
@@ -126,7 +183,7 @@ def create_app(
                  "/v1/score is vLLM's deprecated alias.")
     for path in ("/score", "/v1/score"):
         async def score(body: S.ScoreRequest, request: Request):
-            return await run(service.score, body, request_id(request, body))
+            return await run(service.score, body, request_id(request, body), request=request)
 
         app.post(path, response_model=S.ScoreResponse, responses=errors, tags=["score"], description=score_doc,
                  name=f"score{path.replace('/', '_')}")(score)
@@ -135,7 +192,7 @@ def create_app(
                   "Jina / Cohere ones (documents as {\"text\": ...}, return_documents).")
     for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
         async def rerank(body: S.RerankRequest, request: Request):
-            return await run(service.rerank, body, request_id(request, body))
+            return await run(service.rerank, body, request_id(request, body), request=request)
 
         app.post(path, response_model=S.RerankResponse, responses=errors, tags=["rerank"], description=rerank_doc,
                  name=f"rerank{path.replace('/', '_')}")(rerank)
@@ -143,21 +200,21 @@ def create_app(
     @app.post("/pooling", response_model=S.PoolingResponse, responses=errors, tags=["pooling"])
     async def pooling(body: S.PoolingRequest, request: Request):
         """Per-token (task token_embed, the default where supported) or pooled (task embed) vectors."""
-        return await run(service.pooling, body, request_id(request, body))
+        return await run(service.pooling, body, request_id(request, body), request=request)
 
     @app.post("/v1/embeddings", response_model=S.EmbeddingResponse, responses=errors, tags=["embeddings"])
     async def embeddings(body: S.EmbeddingRequest, request: Request):
         """OpenAI embeddings (bi-encoders; a late-interaction model answers 404 as vLLM does)."""
-        return await run(service.embeddings, body, request_id(request, body))
+        return await run(service.embeddings, body, request_id(request, body), request=request)
 
     @app.post("/v2/embed", response_model=S.CohereEmbedResponse, responses=errors, tags=["embeddings"])
     async def cohere_embed(body: S.CohereEmbedRequest, request: Request):
         """Cohere's embed API (models that embed): texts, input_type prefixes, float / base64 / binary / ubinary."""
-        return await run(service.cohere_embed, body, request_id(request, body))
+        return await run(service.cohere_embed, body, request_id(request, body), request=request)
 
     @app.post("/tokenize", response_model=S.TokenizeResponse, responses=errors, tags=["tokenizer"])
-    async def tokenize(body: S.TokenizeRequest):
-        return await run(service.tokenize, body)
+    async def tokenize(body: S.TokenizeRequest, request: Request):
+        return await run(service.tokenize, body, request=request)
 
     @app.post("/detokenize", response_model=S.DetokenizeResponse, responses=errors, tags=["tokenizer"])
     async def detokenize(body: S.DetokenizeRequest):
@@ -168,11 +225,13 @@ def create_app(
         return await run(service.models)
 
     @app.get("/health", tags=["server"], response_class=Response,
-             responses={200: {"description": "tritonserver is ready (empty body)"},
-                        503: {"description": "tritonserver is not ready (empty body)"}})
+             responses={200: {"description": "every served model can answer (empty body)"},
+                        503: {"model": S.ErrorResponse,
+                              "description": "tritonserver or a model cannot answer; `unhealthy` names which"}})
     async def health():
-        ready = await anyio.to_thread.run_sync(service.ready, limiter=limiter)
-        return Response(status_code=200 if ready else 503)
+        # Outside the inference limiter: a busy, healthy server must answer its probes at once.
+        down = await anyio.to_thread.run_sync(service.unhealthy, unhealthy)
+        return unavailable_response("not ready", down) if down else Response(status_code=200)
 
     @app.get("/version", tags=["server"], name="version")
     async def version_route():
@@ -183,11 +242,22 @@ def create_app(
     async def prometheus():
         text = ""
         if metrics_url:
-            text = await anyio.to_thread.run_sync(fetch_text, metrics_url, limiter=limiter)
+            text = await anyio.to_thread.run_sync(fetch_text, metrics_url)  # outside the inference limiter
         return Response(text + metrics.render(), media_type=METRICS_MEDIA)
 
     app.add_middleware(Guard, limits=limits, metrics=metrics, routes=ROUTES)
     return app
+
+
+def unavailable_response(what: str, down: dict[str, str]):
+    """503 in the error envelope, naming what cannot answer and why (also as ``unhealthy``: name -> why)."""
+    from fastapi.responses import JSONResponse
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    message = f"{what}: " + "; ".join(f"{name}: {why}" for name, why in down.items())
+    body = error_body(message, "ServiceUnavailableError", int(status))
+    body["unhealthy"] = down
+    return JSONResponse(body, status_code=int(status))
 
 
 def fetch_text(url: str) -> str:

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from ..schemas import BOUNDS, Bounds
 from .errors import error_response
 from .metrics import Metrics
 
@@ -23,6 +24,11 @@ class Limits:
     max_request_bytes: int = 32 * 1024 * 1024
     max_items_per_request: int = 2048  # inputs (/pooling, /v1/embeddings), documents (/rerank), pairs (/score)
     max_concurrency: int = 64  # requests talking to tritonserver at once (worker threads)
+    max_text_chars: int = 1 << 20  # characters of one text (an input, a document, a /tokenize prompt)
+    request_timeout: float = 300.0  # seconds from a request's arrival to its answer (504 past it)
+
+    def bounds(self) -> Bounds:
+        return Bounds(max_items=self.max_items_per_request, max_text_chars=self.max_text_chars)
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,16 +38,23 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-items-per-request", type=int, default=defaults.max_items_per_request,
                         help="most inputs / documents / pairs in one REST request (400 above)")
     parser.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency,
-                        help="REST requests in flight to tritonserver at once")
+                        help="REST requests in flight to tritonserver at once (others wait their turn)")
+    parser.add_argument("--max-text-chars", type=int, default=defaults.max_text_chars,
+                        help="longest text (input, document, /tokenize prompt) in characters (400 above)")
+    parser.add_argument("--request-timeout", type=float, default=defaults.request_timeout,
+                        help="seconds a REST request may take, waiting included (504 past it)")
     parser.add_argument("--uvicorn-log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug", "trace"])
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:
-    for name in ("max_request_bytes", "max_items_per_request", "max_concurrency"):
+    for name in ("max_request_bytes", "max_items_per_request", "max_concurrency", "max_text_chars"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1")
-    return Limits(args.max_request_bytes, args.max_items_per_request, args.max_concurrency)
+    if not args.request_timeout > 0:
+        raise SystemExit("error: --request-timeout must be positive")
+    return Limits(args.max_request_bytes, args.max_items_per_request, args.max_concurrency, args.max_text_chars,
+                  args.request_timeout)
 
 
 _DRAIN_BYTES = 256 * 1024 * 1024
@@ -67,6 +80,7 @@ class Guard:
             await send(message)
 
         self.metrics.in_progress.inc()
+        bounds = BOUNDS.set(self.limits.bounds())  # read by the request schemas' size checks
         try:
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 receive = await self._read_body(scope, receive, send_wrapper)
@@ -77,6 +91,7 @@ class Guard:
             status["code"] = 500
             raise
         finally:
+            BOUNDS.reset(bounds)
             self.metrics.in_progress.dec()
             self.metrics.observe(route, scope["method"], status["code"], time.perf_counter() - start)
 

@@ -14,11 +14,15 @@ from .limits import add_limit_arguments, limits_from_args
 class FrontEnd:
     """uvicorn serving ``app`` in a background thread: ``start()`` returns once it listens."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+                 drain_timeout: float = 30.0):
         import uvicorn
 
+        # On stop, uvicorn closes the listening socket at once and lets requests in flight finish for up to
+        # drain_timeout seconds (then cancels them).
+        self.drain_timeout = drain_timeout
         self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
-                                     timeout_keep_alive=30)
+                                     timeout_keep_alive=30, timeout_graceful_shutdown=drain_timeout)
         self.server = uvicorn.Server(self.config)
         self.thread: threading.Thread | None = None
 
@@ -42,10 +46,10 @@ class FrontEnd:
     def alive(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         self.server.should_exit = True
         if self.thread is not None:
-            self.thread.join(timeout)
+            self.thread.join(self.drain_timeout + 5 if timeout is None else timeout)
 
 
 def check_port_free(host: str, port: int) -> None:

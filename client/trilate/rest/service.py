@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -76,14 +76,6 @@ class Service:
     def _priority(req: S._Common) -> None:
         if req.priority != 0:
             raise APIError(f"Got priority {req.priority} but Priority scheduling is not enabled.", param="priority")
-
-    @staticmethod
-    def _text_inputs(value: Any, param: str, card: ModelCard) -> Any:
-        """vLLM also takes token ids here; trilate's stages tokenise themselves, so only text is served."""
-        if isinstance(value, list) and value and all(isinstance(v, (int, list)) for v in value):
-            raise APIError(f"{param} as token ids is not supported by trilate ({card.served_name} tokenises its "
-                           f"own text); send text instead", param=param)
-        return value
 
     @staticmethod
     def _no_chat(card: ModelCard, param: str = "messages") -> None:
@@ -153,7 +145,7 @@ class Service:
         self._priority(req)
         if req.input is None:
             self._no_chat(card)
-        inputs = self._text_inputs(req.input, "input", card)
+        inputs = req.input
         self._items(len(_as_list(inputs)), "input")
         mode = req.embedding_mode if isinstance(req, S.PoolingRequest) else None
         result = self.client.pooling(
@@ -342,5 +334,10 @@ class Service:
             })
         return Reply(dumps({"object": "list", "data": data}))
 
-    def ready(self) -> bool:
-        return self.client.server_ready()
+    def unhealthy(self, supervisor: Callable[[], dict[str, str]] | None = None) -> dict[str, str]:
+        """What cannot answer now, name -> why: Triton's own view, plus the supervisor's (a model whose stub
+        died still says READY in Triton until it is restarted).  ``{}`` when every model can answer."""
+        down = self.client.unavailable()
+        if supervisor is not None:
+            down.update(supervisor())
+        return dict(sorted(down.items()))
