@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test venv repo clean lock bench
+.PHONY: serve test venv repo clean lock bench soak
 
 venv: $(STAMP)
 
@@ -31,6 +31,11 @@ repo: $(STAMP)
 # The REST front end's added latency over direct tritonclient calls (starts its own server).
 bench: $(STAMP)
 	$(BIN)/python bench/frontend_latency.py $(BENCH_ARGS)
+
+# Ten minutes of mixed REST load at concurrency 32 on the default model; memory and failures reported
+# (bench/results/soak-*.md). SOAK_ARGS="--duration 60 --concurrency 8" for a shorter one.
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 lock: $(STAMP)
 	{ echo "# Every package the project's environment holds, pinned. Regenerate with: make lock"; \
