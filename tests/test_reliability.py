@@ -266,3 +266,22 @@ def test_a_killed_tritonserver_makes_serve_exit_non_zero(tmp_path):
         server.stop()
     assert code == 1
     assert any("tritonserver exited unexpectedly" in line for line in server.lines)
+
+
+def test_the_soak_runs_briefly_without_a_failure_and_writes_its_report(tmp_path):
+    """``make soak``'s plumbing, for a few seconds (the 10-minute run is ``make soak``; its figures are in the
+    README): every answer under load equals the answer to the same request sent alone."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "soak.py"), "--duration", "6", "--concurrency", "4",
+                          "--output", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    reports = list(tmp_path.glob("soak-*.json"))
+    assert len(reports) == 1 and len(list(tmp_path.glob("soak-*.md"))) == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    result = json.loads(reports[0].read_text())
+    assert result["requests"]["sent"] > 0
+    assert result["requests"]["failed"] == 0 and result["requests"]["mismatched"] == 0, result["first_failures"]
+    assert result["serve_exit_code"] == 0
+    assert {"tritonserver", "trilate serve (front end)"} <= set(result["memory_bytes"]["end"])
