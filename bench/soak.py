@@ -223,7 +223,7 @@ def report(result: dict, out_dir: Path) -> Path:
     ]
     for row in rows:
         lines.append(f"| {row} | " + " | ".join(mb(s.get(row, 0)) for s in result["memory_bytes"].values()) + " |")
-    lines.append(f"| **total** | " + " | ".join(mb(sum(s.values())) for s in result["memory_bytes"].values()) + " |")
+    lines.append("| **total** | " + " | ".join(mb(sum(s.values())) for s in result["memory_bytes"].values()) + " |")
     if result["first_failures"]:
         lines += ["", "First failures:", *[f"- {f}" for f in result["first_failures"]]]
     lines += ["", f"Verdict: {'PASSED' if result['passed'] else 'FAILED'}", ""]

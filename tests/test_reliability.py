@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

@@ -9,7 +9,6 @@ import triton_python_backend_utils as pb_utils
 
 from .. import contract as C
 from ..errors import InputError
-from ..registry import ModelInfo
 from ..tokenization import TextPreprocessor
 from .base import StageModel, bool_param, input_array, int_param, request_parameters, requested_outputs
 
