@@ -181,6 +181,18 @@ class Supervisor:
                     continue
             self._restart(model, health)
 
+    def _wait_all_ready(self, timeout: float = 60.0) -> None:
+        """Until every model Triton knows is READY again (the ensembles it reloads with the stage), so that the
+        model is reported healthy only once requests for it can succeed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting = [name for name, state in self.control.index().items() if state != "READY"]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{', '.join(waiting)} not READY {timeout:.0f} s after the reload")
+            time.sleep(0.1)
+
     def _restart(self, model: str, health: ModelHealth) -> None:
         health.attempts += 1
         start = time.monotonic()
@@ -190,6 +202,7 @@ class Supervisor:
             except RuntimeError as exc:  # already unloaded (a failed load before): load it anyway
                 self.log(f"supervisor: unloading {model!r}: {exc}")
             self.control.load(model)
+            self._wait_all_ready()
         except (OSError, RuntimeError) as exc:
             delay = min(self.backoff[1], self.backoff[0] * 2 ** (health.attempts - 1))
             with self._lock:

@@ -114,6 +114,7 @@ class TrilateClient:
         self._local = threading.local()
         self._cards: dict[str, ModelCard] | None = None
         self._listed_at = 0.0
+        self._listing_complete = True
         self._lock = threading.Lock()
 
     # -- transport ---------------------------------------------------------------------------------
@@ -204,12 +205,16 @@ class TrilateClient:
 
     def models(self, refresh: bool = False) -> list[ModelCard]:
         """Every model the server serves (read from the ensembles' configs).  ``refresh`` re-reads the list
-        unless another thread did within ``REFRESH_INTERVAL`` seconds."""
+        unless another thread did within ``REFRESH_INTERVAL`` seconds and every model was READY then."""
+        def stale() -> bool:
+            return self._cards is None or (refresh and (not self._listing_complete or
+                                                        time.monotonic() - self._listed_at > self.REFRESH_INTERVAL))
+
         cards = self._cards
-        if cards is not None and not (refresh and time.monotonic() - self._listed_at > self.REFRESH_INTERVAL):
+        if not stale():
             return list(cards.values())
         with self._lock:  # one listing at a time; those who waited for it use its result
-            if self._cards is None or (refresh and time.monotonic() - self._listed_at > self.REFRESH_INTERVAL):
+            if stale():
                 self._cards = self._load_cards()
                 self._listed_at = time.monotonic()
             return list(self._cards.values())
@@ -223,11 +228,14 @@ class TrilateClient:
 
     def _load_cards(self) -> dict[str, ModelCard]:
         try:
-            names = [m["name"] for m in self._index() if m.get("state") == "READY"]
+            index = self._index()
         except InferenceServerException as exc:
             raise ServerUnavailableError(f"cannot list models at {self.url}: {exc.message()}") from None
         except Exception as exc:  # connection refused and friends
             raise ServerUnavailableError(f"cannot reach tritonserver at {self.url}: {exc}") from None
+        names = [m["name"] for m in index if m.get("state") == "READY"]
+        # A listing taken while some model is loading (a restart) may lack a model that is about to be back.
+        self._listing_complete = len(names) == len(index)
         cards = {}
         for name in names:
             if "__" in name:
