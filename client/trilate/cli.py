@@ -8,6 +8,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from python_backend_models.checkpoint import DEFAULT_MODEL
