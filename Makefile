@@ -51,8 +51,8 @@ perf-analyzer: $(STAMP)
 	bash bench/install_perf_analyzer.sh $(BIN)/python
 # Ten minutes of mixed REST load at concurrency 32 on the default model; memory and failures reported
 # (bench/results/soak-*.md). SOAK_ARGS="--duration 60 --concurrency 8" for a shorter one.
-soak: $(STAMP)
-	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+soak: $(STAMP) perf-analyzer
+	$(BIN)/python bench/soak.py --perf-analyzer .trilate/perf_analyzer/run $(SOAK_ARGS)
 
 lock: $(STAMP)
 	{ echo "# Every package the project's environment holds, pinned. Regenerate with: make lock"; \

@@ -9,7 +9,8 @@ What it does, in order:
 2. sends a fixed set of mixed requests (``/v1/embeddings``, ``/score``, ``/rerank``, ``/pooling``,
    ``/tokenize``) one at a time and keeps the answers;
 3. for ``--duration`` seconds, ``--concurrency`` threads send those requests round-robin (and, with
-   ``--perf-analyzer PATH``, perf_analyzer loads the Triton ensemble beside them); every answer must be
+   ``--perf-analyzer CMD``, perf_analyzer loads the model's embed ensemble over gRPC beside them, run after
+   run; a failed run fails the soak); every answer must be
    200 and equal to the one-at-a-time answer (within what dynamic batching can change in fp32: 1e-5);
 4. samples the resident memory of tritonserver, of each Python-backend stub and of the front-end
    process at one third of the run and at the end;
@@ -122,7 +123,8 @@ def run(args: argparse.Namespace) -> dict:
         samples: dict[str, dict[str, int]] = {"start": memory(served)}
         perf = None
         if args.perf_analyzer:
-            perf = _start_perf_analyzer(args, served, model)
+            perf = ThreadPoolExecutor(1).submit(_perf_analyzer_loop, args.perf_analyzer, served, model, stop_at,
+                                                max(1, args.concurrency // 4))
 
         def worker(k: int) -> None:
             i = k
@@ -159,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
         elapsed = time.monotonic() - start
         samples["end"] = memory(served)
         if perf is not None:
-            result["perf_analyzer"] = _finish_perf_analyzer(perf)
+            result["perf_analyzer"] = perf.result()
     finally:
         code = served.stop()
     lat = np.sort(np.asarray(latencies)) if latencies else np.zeros(1)
@@ -172,7 +174,9 @@ def run(args: argparse.Namespace) -> dict:
         "memory_bytes": samples, "memory_growth_last_two_thirds": round(growth, 4),
         "first_failures": failures[:10], "serve_exit_code": code,
     })
-    result["passed"] = (counts["failed"] == 0 and counts["mismatched"] == 0 and growth < 0.05 and code == 0)
+    pa_failed = result.get("perf_analyzer", {}).get("failed_runs", 0)
+    result["passed"] = (counts["failed"] == 0 and counts["mismatched"] == 0 and growth < 0.05 and code == 0
+                        and pa_failed == 0)
     return result
 
 
@@ -183,22 +187,33 @@ def _cpu() -> str:
     return platform.processor()
 
 
-def _start_perf_analyzer(args, served, model):
-    from python_backend_models.contract import triton_name
+def _perf_analyzer_loop(command: str, served, model: str, stop_at: float, concurrency: int) -> dict:
+    """perf_analyzer against the model's embed ensemble (gRPC), run after run until ``stop_at``: each run is
+    three 5-second windows at ``concurrency``; returns the runs' exit codes and rates."""
+    from python_backend_models.contract import TEXT, triton_name
 
-    cmd = [*args.perf_analyzer.split(), "-m", triton_name(model), "-u", served.grpc_url, "-i", "grpc",
-           "--concurrency-range", str(max(1, args.concurrency // 4)), "--measurement-interval",
-           str(int(args.duration * 1000 // 4)), "--string-data", TEXTS[1], "--shape", "text:1"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _finish_perf_analyzer(proc) -> dict:
-    try:
-        out, _ = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return {"exit_code": proc.returncode, "tail": out.strip().splitlines()[-12:]}
+    work = Path(tempfile.mkdtemp(prefix="soak-pa-"))
+    data = work / "texts.json"
+    data.write_text(json.dumps({"data": [{TEXT: [t]} for t in TEXTS]}))
+    runs = []
+    while time.monotonic() < stop_at - 20:
+        csv = work / f"run{len(runs)}.csv"
+        cmd = [*command.split(), "-m", triton_name(model), "-u", served.grpc_url, "-i", "grpc",
+               "--input-data", str(data), "--concurrency-range", str(concurrency), "-p", "5000",
+               "--max-trials", "3", "--stability-percentage", "1000", "-f", str(csv)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        run = {"exit_code": proc.returncode}
+        if csv.is_file():
+            head, values = (line.split(",") for line in csv.read_text().splitlines()[:2])
+            rec = dict(zip(head, values))
+            run.update(infer_per_s=float(rec.get("Inferences/Second", "nan")),
+                       p99_ms=float(rec.get("p99 latency", "nan")) / 1000)
+        else:
+            run["output"] = (proc.stdout + proc.stderr).strip()[-300:]
+        runs.append(run)
+    return {"runs": len(runs), "failed_runs": sum(r["exit_code"] != 0 for r in runs), "concurrency": concurrency,
+            "infer_per_s": [r.get("infer_per_s") for r in runs], "p99_ms": [r.get("p99_ms") for r in runs],
+            "first_error": next((r["output"] for r in runs if "output" in r), None)}
 
 
 def report(result: dict, out_dir: Path) -> Path:
@@ -224,6 +239,13 @@ def report(result: dict, out_dir: Path) -> Path:
     for row in rows:
         lines.append(f"| {row} | " + " | ".join(mb(s.get(row, 0)) for s in result["memory_bytes"].values()) + " |")
     lines.append("| **total** | " + " | ".join(mb(sum(s.values())) for s in result["memory_bytes"].values()) + " |")
+    pa = result.get("perf_analyzer")
+    if pa:
+        rates = [r for r in pa["infer_per_s"] if r == r and r is not None]
+        lines += ["", f"perf_analyzer beside the REST load (embed ensemble over gRPC, concurrency {pa['concurrency']}): "
+                      f"{pa['runs']} runs of three 5 s windows, {pa['failed_runs']} failed"
+                      + (f", {min(rates):.1f}-{max(rates):.1f} texts/s" if rates else "")
+                      + (f"; first error: {pa['first_error']}" if pa.get("first_error") else "") + "."]
     if result["first_failures"]:
         lines += ["", "First failures:", *[f"- {f}" for f in result["first_failures"]]]
     lines += ["", f"Verdict: {'PASSED' if result['passed'] else 'FAILED'}", ""]
@@ -239,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="checkpoint to serve (default: the default model)")
     parser.add_argument("--served-name", default=None)
     parser.add_argument("--perf-analyzer", default=None,
-                        help="command that runs perf_analyzer (e.g. from make perf-analyzer); loads the ensemble too")
+                        help="command that runs perf_analyzer (make soak passes .trilate/perf_analyzer/run); "
+                             "loads the embed ensemble over gRPC beside the REST load")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.concurrency < 1:
