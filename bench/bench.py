@@ -136,7 +136,9 @@ def best_of(fn, batch_sizes: list[int], tokens: int, repeats: int) -> dict:
     return {"by_batch": by_batch, "best_batch": best, "tokens_per_s": by_batch[best]}
 
 
-def inprocess(models: dict, docs: dict, tokens: dict, args) -> dict:
+def inprocess(models: dict, docs: dict, tokens: dict, args, batch_sizes: dict | None = None) -> dict:
+    """Each library at each of ``args.batch_sizes`` (or only ``batch_sizes[key]``, with no rerank: the
+    re-measurement after the server runs, which shows how much the machine's load drifted)."""
     import torch
 
     out = {}
@@ -167,7 +169,12 @@ def inprocess(models: dict, docs: dict, tokens: dict, args) -> dict:
         model.eval()
         with torch.inference_mode():
             model.encode_document(docs[key][:8]) if m["kind"] == "colbert" else model.encode(docs[key][:8])  # warm-up
-            result = best_of(encode, args.batch_sizes, sum(tokens[key]), args.repeats)
+            sizes = [batch_sizes[key]] if batch_sizes else args.batch_sizes
+            result = best_of(encode, sizes, sum(tokens[key]), args.repeats)
+            if batch_sizes:
+                out[key] = result
+                log(f"in-process {key} again: {result['tokens_per_s']:.0f} tok/s at batch {batch_sizes[key]}")
+                continue
             n = args.rerank_docs
             rerank_docs = (docs[key] * (n // len(docs[key]) + 1))[:n]
             times = []
@@ -261,9 +268,11 @@ def trilate_runs(models: dict, docs: dict, tokens: dict, served, args) -> tuple[
             for c in args.concurrency:
                 n_req = max(len(requests), 2 * c)
                 work = sum(req_tokens[i % len(requests)] for i in range(n_req))
-                wall = run_concurrent(embed, requests, c, n_req)
+                # Best of repeats, as for the in-process libraries: the machine's load only ever slows a run.
+                wall = min(run_concurrent(embed, requests, c, n_req) for _ in range(args.trilate_repeats))
                 runs[key][protocol][c] = work / wall
-                log(f"trilate {key} {protocol} c={c}: {work / wall:.0f} tok/s ({n_req} requests of {per_req})")
+                log(f"trilate {key} {protocol} c={c}: {work / wall:.0f} tok/s ({n_req} requests of {per_req}, "
+                    f"best of {args.trilate_repeats})")
             times = []
             for _ in range(args.repeats):
                 start = time.perf_counter()
@@ -296,17 +305,19 @@ def perf_analyzer_runs(models: dict, docs: dict, tokens: dict, served, args, wor
         score_data = {"data": [{C.QUERIES: {"content": [QUERY], "shape": [1, 1]},
                                 C.DOCUMENTS: {"content": texts[i:i + per_req], "shape": [len(texts[i:i + per_req]), 1]}}
                                for i in range(0, len(texts) - per_req + 1, per_req)]}
-        targets = [(name, embed_data, ["-b", str(per_req)]), (C.stage_name(name, "score"), score_data, [])]
+        # The score ensemble only at low concurrency: each of its requests costs as much as a rerank.
+        targets = [(name, embed_data, ["-b", str(per_req)], args.concurrency),
+                   (C.stage_name(name, "score"), score_data, [], [c for c in args.concurrency if c <= 4])]
         out[key] = {}
-        for model_name, data, extra in targets:
+        for model_name, data, extra, sweep in targets:
             data_file = workdir / f"{model_name}.json"
             data_file.write_text(json.dumps(data))
             rows = []
-            for c in args.concurrency:
+            for c in sweep:
                 csv = workdir / f"{model_name}-c{c}.csv"
                 cmd = [wrapper, "-m", model_name, "-u", served.grpc_url, "-i", "grpc", "--input-data", str(data_file),
                        "--concurrency-range", str(c), "--measurement-mode", "count_windows",
-                       "--measurement-request-count", str(max(args.pa_requests, c)),
+                       "--measurement-request-count", str(args.pa_requests),
                        # Three windows, reported whatever their spread: a shared 2-core machine is never "stable".
                        "--max-trials", "3", "--stability-percentage", "1000", "-f", str(csv), *extra]
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.pa_timeout)
@@ -345,6 +356,9 @@ def markdown(result: dict) -> str:
         f"batch {b}" for b in s["batch_sizes"]) + " |", "| --- | --- |" + " --- |" * len(s["batch_sizes"])]
     for key, r in result["inprocess"].items():
         lines.append(f"| {key} | {r['library']} | " + " | ".join(f"{r['by_batch'][b]:.0f}" for b in s["batch_sizes"]) + " |")
+    lines += ["", "Best batch measured again after the server's runs (load drift): " + "; ".join(
+        f"{key} {r['tokens_per_s_first']:.0f} then {r['tokens_per_s_again']:.0f} tok/s"
+        for key, r in result["inprocess"].items()) + ". Ratios use their mean."]
     lines += ["", "## trilate (tokens/s)", "", "| model | protocol | " + " | ".join(
         f"c={c}" for c in s["concurrency"]) + " |", "| --- | --- |" + " --- |" * len(s["concurrency"])]
     for key, by_protocol in result["trilate"].items():
@@ -463,6 +477,7 @@ def parse_args(argv):
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the .md, .json and .png")
     p.add_argument("--readme", default=None, help="README whose performance block to rewrite from this result")
+    p.add_argument("--tag", default="", help="suffix of the result files' names (e.g. before)")
     p.add_argument("--models", default="colbert-small,minilm", type=lambda s: s.split(","))
     p.add_argument("--tiny", action="store_true", help="tiny ColBERT and few texts: checks the plumbing in seconds")
     p.add_argument("--documents", type=int, default=96)
@@ -473,9 +488,10 @@ def parse_args(argv):
     p.add_argument("--batch-sizes", type=ints, default=[8, 32, 96], help="in-process batch sizes tried")
     p.add_argument("--rerank-docs", type=int, default=100)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--trilate-repeats", type=int, default=1, help="runs of each concurrency (best kept)")
     p.add_argument("--protocols", type=lambda s: s.split(","), default=["grpc", "rest"])
     p.add_argument("--perf-analyzer", default="on", choices=["on", "off"])
-    p.add_argument("--pa-requests", type=int, default=4, help="perf_analyzer requests per measurement window (at least c)")
+    p.add_argument("--pa-requests", type=int, default=4, help="perf_analyzer requests per measurement window")
     p.add_argument("--pa-timeout", type=int, default=120)
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--serve-args", default="", help="extra `trilate serve` options, e.g. '--max-queue-delay-us 2000'")
@@ -514,17 +530,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.perf_analyzer == "on":
             with tempfile.TemporaryDirectory() as tmp:
                 result["perf_analyzer"] = perf_analyzer_runs(models, docs, tokens, served, args, Path(tmp))
+    log("in-process libraries again (the machine's load drifts) ...")
+    again = inprocess(models, docs, tokens, args, {k: r["best_batch"] for k, r in result["inprocess"].items()})
+    for key, r in result["inprocess"].items():
+        # The reference for every ratio: the mean of the measurements before and after the server's.
+        r["tokens_per_s_first"], r["tokens_per_s_again"] = r["tokens_per_s"], again[key]["tokens_per_s"]
+        r["tokens_per_s"] = (r["tokens_per_s_first"] + r["tokens_per_s_again"]) / 2
     result["settings"] = {
         "command": " ".join(["bench/bench.py", *(argv if argv is not None else sys.argv[1:])]),
         "documents": args.documents, "min_tokens": args.min_tokens, "max_tokens": args.max_tokens,
         "docs_per_request": args.docs_per_request, "concurrency": args.concurrency, "batch_sizes": args.batch_sizes,
-        "rerank_docs": args.rerank_docs, "repeats": args.repeats, "protocols": args.protocols, "device": args.device,
+        "rerank_docs": args.rerank_docs, "repeats": args.repeats, "trilate_repeats": args.trilate_repeats, "protocols": args.protocols, "device": args.device,
         "serve_args": serve_args[len(models):], "models": {k: {**m, "path": str(m["path"])} for k, m in models.items()},
         "tokens": {k: sum(v) for k, v in tokens.items()}, "wall_s": time.perf_counter() - started,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d')}-{re.sub(r'[^A-Za-z0-9_.-]', '_', result['machine']['host'])}"
+    stem += f"-{args.tag}" if args.tag else ""
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     (out / f"{stem}.md").write_text(markdown(result), encoding="utf-8")
     plot(result, out / f"{stem}.png")

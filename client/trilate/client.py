@@ -451,11 +451,23 @@ class TrilateClient:
         prompt = 0
         pad = 1 if card.has_pad_token else 0
         outs = (C.SCORES, C.QUERY_PROMPT_TOKENS, C.DOCUMENT_PROMPT_TOKENS)
-        for lo, hi in _chunks(len(documents)):
+
+        def chunk(bounds):
+            lo, hi = bounds
             q = queries if len(queries) == 1 else queries[lo:hi]
-            out = self._infer(C.stage_name(card.triton_name, "score"),
-                              {C.QUERIES: self._texts_array(q), C.DOCUMENTS: self._texts_array(documents[lo:hi])},
-                              outs, params)
+            return self._infer(C.stage_name(card.triton_name, "score"),
+                               {C.QUERIES: self._texts_array(q), C.DOCUMENTS: self._texts_array(documents[lo:hi])},
+                               outs, params)
+
+        bounds = list(_chunks(len(documents)))
+        if len(bounds) == 1:
+            results = [chunk(bounds[0])]
+        else:  # in flight together, so Triton's dynamic batcher packs them into shared forward passes
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(len(bounds), 8)) as pool:
+                results = list(pool.map(chunk, bounds))
+        for out in results:
             scores.extend(float(s) for s in out[C.SCORES])
             q_tokens = out[C.QUERY_PROMPT_TOKENS].reshape(-1)
             d_tokens = out[C.DOCUMENT_PROMPT_TOKENS].reshape(-1)
