@@ -50,6 +50,9 @@ from .types import (
     Usage,
 )
 
+# How often a cancellable call checks whether its caller gave up.
+CANCEL_POLL_S = 0.1
+
 # Texts per Triton request; must not exceed the repository's max_batch_size.
 CHUNK = 128
 
@@ -161,6 +164,25 @@ class TrilateClient:
             raise DeadlineExceededError("the request did not finish within its deadline (--request-timeout)")
         return min(self.timeout, remaining)
 
+    def _cancellable_infer(self, model, inputs, requested, params, timeout: float, cancelled: threading.Event):
+        """gRPC infer that is cancelled (the call, and with it Triton's request) as soon as ``cancelled`` is set."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def callback(result, error):
+            box["result"], box["error"] = result, error
+            done.set()
+
+        call = self._triton().async_infer(model, inputs, callback, outputs=requested, parameters=params or None,
+                                          client_timeout=timeout)
+        while not done.wait(CANCEL_POLL_S):
+            if cancelled.is_set():
+                call.cancel()
+                raise RequestCancelledError("the request was cancelled by its caller")
+        if box["error"] is not None:
+            raise box["error"]
+        return box["result"]
+
     def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str],
                parameters: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
         timeout = self._remaining()
@@ -180,9 +202,12 @@ class TrilateClient:
         else:
             requested = [module.InferRequestedOutput(name) for name in outputs]
         params = _check_ints({k: v for k, v in (parameters or {}).items() if v is not None})
+        budget = getattr(self._local, "budget", None)
         try:
             if self.protocol == "http":
                 result = self._triton().infer(model, infer_inputs, outputs=requested, parameters=params or None)
+            elif budget is not None and budget[1] is not None:
+                result = self._cancellable_infer(model, infer_inputs, requested, params, timeout, budget[1])
             else:
                 result = self._triton().infer(model, infer_inputs, outputs=requested, parameters=params or None,
                                               client_timeout=timeout)
@@ -452,7 +477,12 @@ class TrilateClient:
         pad = 1 if card.has_pad_token else 0
         outs = (C.SCORES, C.QUERY_PROMPT_TOKENS, C.DOCUMENT_PROMPT_TOKENS)
 
+        budget = getattr(self._local, "budget", None)  # the caller's deadline and cancellation, for every chunk
+
         def chunk(bounds):
+            if budget is not None and getattr(self._local, "budget", None) is None:  # in a pool thread
+                with self.bounded(*budget):
+                    return chunk(bounds)
             lo, hi = bounds
             q = queries if len(queries) == 1 else queries[lo:hi]
             return self._infer(C.stage_name(card.triton_name, "score"),
