@@ -18,7 +18,8 @@ try:  # vLLM writes its JSON with orjson too when it is installed: same values, 
         return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 except ImportError:  # pragma: no cover - orjson is a pinned dependency
     def dumps(obj: Any) -> bytes:
-        return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                          default=lambda value: value.tolist()).encode("utf-8")
 
 
 def tensor_bytes(array: np.ndarray, embed_dtype: str, endianness: str) -> bytes:
@@ -40,7 +41,11 @@ def tensor_bytes(array: np.ndarray, embed_dtype: str, endianness: str) -> bytes:
 
 
 def encode_payload(array: np.ndarray, encoding_format: str, embed_dtype: str, endianness: str) -> Any:
-    """One vector (or matrix) as a JSON list of floats or a base64 string of its bytes."""
+    """One vector (or matrix) as a JSON list of floats or a base64 string of its bytes.
+
+    Floats stay a numpy array, widened to float64, for orjson's numpy path: the same bytes as ``.tolist()``
+    gives (each float32 value written as the shortest repr of its float64), about 3x faster for token vectors.
+    """
     if encoding_format == "float":
-        return array.tolist()
+        return np.ascontiguousarray(array, dtype=np.float64)
     return base64.b64encode(tensor_bytes(array, embed_dtype, endianness)).decode("ascii")
