@@ -23,7 +23,8 @@ class ModelCard:
     embedding_modes: bool
     has_pad_token: bool
     matryoshka_dimensions: tuple[int, ...] = ()
-    prompts: dict[str, str] = field(default_factory=dict)  # Cohere input_type -> text prefix
+    # Cohere input_type -> text prefix; left out of the hash so that a card stays hashable
+    prompts: dict[str, str] = field(default_factory=dict, hash=False)
 
     @classmethod
     def from_parameter(cls, triton_name: str, text: str) -> "ModelCard":
