@@ -52,7 +52,7 @@ perf-analyzer: $(STAMP)
 # Ten minutes of mixed REST load at concurrency 32 on the default model; memory and failures reported
 # (bench/results/soak-*.md). SOAK_ARGS="--duration 60 --concurrency 8" for a shorter one.
 soak: $(STAMP) perf-analyzer
-	$(BIN)/python bench/soak.py --perf-analyzer .trilate/perf_analyzer/run $(SOAK_ARGS)
+	$(BIN)/python bench/soak.py --perf-analyzer .trilate/perf_analyzer/run --readme README.md $(SOAK_ARGS)
 
 lock: $(STAMP)
 	{ echo "# Every package the project's environment holds, pinned. Regenerate with: make lock"; \

@@ -253,6 +253,34 @@ def report(result: dict, out_dir: Path) -> Path:
     return stem.with_suffix(".md")
 
 
+def update_readme(readme: Path, result: dict, report_path: Path) -> None:
+    """Replace the block between ``<!-- soak:start -->`` and ``<!-- soak:end -->`` with this run's figures."""
+    text = readme.read_text()
+    start, end = "<!-- soak:start -->", "<!-- soak:end -->"
+    if start not in text or end not in text:
+        return
+    mem = result["memory_bytes"]
+    third = mem.get("one third", mem["start"])
+    pa = result.get("perf_analyzer") or {}
+    block = "\n".join([
+        start,
+        f"Latest `make soak` ({report_path.name}; {result['machine']['cpu']}, {result['machine']['threads']} threads, "
+        f"{result['settings']['duration']:.0f} s at concurrency {result['settings']['concurrency']}"
+        + (f", perf_analyzer beside it at concurrency {pa['concurrency']}" if pa else "") + "):",
+        "",
+        "| requests sent | failed | differing from alone | p50 | p99 | memory at 1/3 → end (all processes) | growth |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| {result['requests']['sent']} | {result['requests']['failed']} | {result['requests']['mismatched']} | "
+        f"{result['p50_s'] * 1000:.0f} ms | {result['p99_s'] * 1000:.0f} ms | "
+        f"{sum(third.values()) / 2**20:,.0f} → {sum(mem['end'].values()) / 2**20:,.0f} MB | "
+        f"{result['memory_growth_last_two_thirds'] * 100:+.2f} % |",
+        "" if not pa else f"\nperf_analyzer: {pa['runs']} runs, {pa['failed_runs']} failed.",
+        end,
+    ])
+    before, rest = text.split(start, 1)
+    readme.write_text(before + block + rest.split(end, 1)[1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
@@ -264,11 +292,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="command that runs perf_analyzer (make soak passes .trilate/perf_analyzer/run); "
                              "loads the embed ensemble over gRPC beside the REST load")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--readme", default=None, help="update this README's soak block with the figures")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.concurrency < 1:
         parser.error("--duration must be positive and --concurrency at least 1")
     result = run(args)
     path = report(result, Path(args.output))
+    if args.readme:
+        update_readme(Path(args.readme), result, path)
     print(path.read_text(), flush=True)
     return 0 if result["passed"] else 1
 
