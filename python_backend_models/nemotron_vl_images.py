@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from .checkpoint import CheckpointError
+from .checkpoint import Checkpoint, CheckpointError, read_json_if_exists
 from .errors import InputError
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -129,6 +129,11 @@ class TilingParams:
             max_tiles=int(hi),
             use_thumbnail=bool(thumbnail),
         )
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> TilingParams:
+        """:meth:`from_config` on the checkpoint's (overridden) config and its ``processor_config.json``, if any."""
+        return cls.from_config(checkpoint.config, read_json_if_exists(checkpoint.file("processor_config.json")))
 
 
 def candidate_grids(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:

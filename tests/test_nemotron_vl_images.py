@@ -8,11 +8,14 @@ Pixel tests use small tiles (8-16 px) so they stay fast; the rule only sees size
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from python_backend_models.checkpoint import CheckpointError
+import tiny_checkpoints
+from python_backend_models.checkpoint import CheckpointError, open_checkpoint
 from python_backend_models.errors import InputError
 from python_backend_models.nemotron_vl_images import (
     TilingParams,
@@ -195,6 +198,13 @@ def test_parameters_come_from_the_config_with_the_processor_config_first():
     assert (p.tile_size, p.patch_size, p.max_tiles, p.tokens_per_tile) == (448, 14, 1, 256)
 
 
+def test_a_checkpoint_folder_is_read_with_its_processor_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(REAL_LAYOUT), encoding="utf-8")
+    assert TilingParams.from_checkpoint(open_checkpoint(tmp_path)).max_tiles == 6
+    (tmp_path / "processor_config.json").write_text(json.dumps({"max_input_tiles": 4}), encoding="utf-8")
+    assert TilingParams.from_checkpoint(open_checkpoint(tmp_path)).max_tiles == 4
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(CheckpointError, match="force_image_size"):
         TilingParams.from_config({"patch_size": 16})
@@ -213,3 +223,18 @@ def test_each_placeholder_becomes_its_images_context_tokens():
     assert expand_image_placeholders("query: no image", [], 256) == "query: no image"
     with pytest.raises(InputError, match="2 <image> placeholder.*1 image"):
         expand_image_placeholders(prompt, [5], tokens_per_tile=4)
+
+
+def test_the_expanded_prompt_tokenises_into_one_context_token_per_position():
+    """With <img>, <IMG_CONTEXT> and </img> as added tokens of a byte-level BPE (the checkpoints' tokenizers are
+    Llama-3 byte-level BPEs with these added tokens), the context tokens survive tokenisation one for one."""
+    from tokenizers import AddedToken, Tokenizer
+
+    tokenizer = Tokenizer.from_str(tiny_checkpoints._lfm2_bpe_tokenizer_json())
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                  for t in ("<img>", "<IMG_CONTEXT>", "</img>")])
+    start, ctx, end = (tokenizer.token_to_id(t) for t in ("<img>", "<IMG_CONTEXT>", "</img>"))
+    prompt = expand_image_placeholders("passage: <image> Describe the image.", [5], tokens_per_tile=4)
+    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    first = ids.index(start)
+    assert ids[first + 1:first + 21] == [ctx] * 20 and ids[first + 21] == end and ids.count(ctx) == 20
