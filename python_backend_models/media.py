@@ -190,8 +190,11 @@ def _sniff(data: bytes) -> str | None:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited onto white: what transformers' ``convert_to_rgb`` and vLLM's
-    ``rgba_to_rgb`` do, so an RGBA page gives the same pixels here as in the reference."""
+    """RGB, with any transparency composited onto white, as transformers' ``convert_to_rgb`` does.
+
+    For RGBA this gives the same pixels as vLLM's ``rgba_to_rgb`` (white background, alpha as mask).  For
+    ``LA`` and palette images with a transparent index vLLM's ``convert_image_mode`` drops the alpha instead
+    (plain ``convert("RGB")``); we follow transformers there, the processors' own reference."""
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
