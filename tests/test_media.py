@@ -107,6 +107,13 @@ class TestDecodesInlineImagesToRGB:
         expected = hf_convert_to_rgb(Image.open(io.BytesIO(data)), return_numpy=True)
         np.testing.assert_array_equal(np.asarray(load_image(data)), expected)
 
+    def test_rgba_equals_vllms_rgba_to_rgb(self):
+        # vLLM's convert_image_mode for RGBA: a white RGB image with the RGBA pasted through its alpha band.
+        rgba = Image.fromarray(_noise(16, 24, 4), mode="RGBA")
+        expected = Image.new("RGB", rgba.size, (255, 255, 255))
+        expected.paste(rgba, mask=rgba.split()[3])
+        np.testing.assert_array_equal(np.asarray(load_image(_encode(rgba, "PNG"))), np.asarray(expected))
+
     def test_palette_transparency_is_composited_on_white_like_transformers(self):
         palette = Image.fromarray(_noise(10, 10)).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
         data = _encode(palette, "PNG", transparency=0)

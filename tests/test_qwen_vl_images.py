@@ -10,8 +10,10 @@ the image as Pillow opens the file (it converts to RGB itself); ours goes throug
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -115,6 +117,13 @@ class TestQwen3VLReusesTheQwen2VLImageProcessor:
     def test_auto_mapping(self):
         for model_type in ("qwen2_vl", "qwen3_vl", "qwen3_5"):
             assert IMAGE_PROCESSOR_MAPPING_NAMES[model_type]["pil"] == "Qwen2VLImageProcessorPil"
+
+
+    def test_no_torchvision_anywhere(self, config):
+        # DESIGN fact: PyPI's torchvision is a CUDA build that breaks beside the CPU torch; the PIL path needs none.
+        preprocess_image(_noise_image(40, 40, 0), config)
+        assert importlib.util.find_spec("torchvision") is None
+        assert "torchvision" not in sys.modules
 
 
 class TestConfigIsReadLikeTransformers:
