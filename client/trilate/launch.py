@@ -94,7 +94,7 @@ class ServeProcess:
                 return int(entry.name)
         raise ServeError("this trilate serve has no tritonserver child process")
 
-    def stop(self, timeout: float = 60.0) -> int | None:
+    def stop(self, timeout: float = 180.0) -> int | None:
         """Ctrl-C, as a user stops it; killed after ``timeout``.  Returns the exit code."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
