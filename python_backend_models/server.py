@@ -165,8 +165,10 @@ def server_environment(install: Tritonserver | None = None) -> dict[str, str]:
     # Every stub starts with one math thread and sleeping (not spinning) OpenMP workers, so the tokeniser and
     # scoring stages never compete with the encoder for cores; the encoder sets its own torch thread count
     # (``trilate serve --encoder-threads``).  Values already in the environment win.
+    # Two malloc arenas per process: with one arena per thread (glibc's default, 8 x cores) the encoder's
+    # buffers of ever-changing pack shapes fragment into arenas that never give memory back (the soak's growth).
     for name, value in (("OMP_NUM_THREADS", "1"), ("OPENBLAS_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"),
-                        ("OMP_WAIT_POLICY", "passive")):
+                        ("OMP_WAIT_POLICY", "passive"), ("MALLOC_ARENA_MAX", "2")):
         env.setdefault(name, value)
     return env
 

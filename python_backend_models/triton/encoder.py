@@ -101,7 +101,24 @@ class EncoderModel(StageModel):
                         for resp in responses]
         for r, (lo, hi, dim) in spans.items():
             responses[r] = self._response(results[lo:hi], wants[r], dim)
+        self._trim_heap()
         return responses
+
+    def _trim_heap(self, every_s: float = 2.0) -> None:
+        """Give freed heap back to the OS now and then: packs change shape with every batch, and glibc keeps
+        the freed buffers of old shapes otherwise, so resident memory creeps up under a long mixed load."""
+        import time
+
+        now = time.monotonic()
+        if now - getattr(self, "_trimmed_at", 0.0) < every_s:
+            return
+        self._trimmed_at = now
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: nothing to do
+            pass
 
     def _dimensions(self, size: int | None) -> int | None:
         """vLLM's checks of a request's ``dimensions`` (matryoshka output size)."""
