@@ -38,13 +38,17 @@ bench-frontend: $(STAMP)
 	$(BIN)/python bench/frontend_latency.py $(BENCH_ARGS)
 
 # Debian's headless Chromium for the /docs browser test (tests/test_docs_page.py), installed when absent
-# (as root, ~30 s). The pin is what Debian 12's security archive serves; when Debian replaces it, set
-# CHROMIUM_VERSION to `apt-cache policy chromium`'s candidate.
+# (as root, ~30 s): the version pinned here, or Debian's current one (with a warning) once its security archive
+# has replaced the pin.
 CHROMIUM_VERSION ?= 156.0.8078.114-1~deb12u1
+CHROMIUM_BIN ?= chromium
 chromium:
-	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    --no-install-recommends "chromium=$(CHROMIUM_VERSION)" "chromium-common=$(CHROMIUM_VERSION)"; } \
-	  || { echo "error: could not install chromium $(CHROMIUM_VERSION); see CHROMIUM_VERSION in the Makefile"; exit 1; }
+	@command -v $(CHROMIUM_BIN) >/dev/null || { apt-get update -qq && { \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      "chromium=$(CHROMIUM_VERSION)" "chromium-common=$(CHROMIUM_VERSION)" || { \
+	    echo "warning: chromium $(CHROMIUM_VERSION) is no longer served; installing Debian's current chromium"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }; }; } \
+	  || { echo "error: could not install chromium (as root, with apt); see CHROMIUM_VERSION in the Makefile"; exit 1; }
 
 # The real perf_analyzer binary in .trilate/perf_analyzer/ (pip and apt-get download; idempotent).
 perf-analyzer: $(STAMP)
