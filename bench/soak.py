@@ -86,11 +86,10 @@ def same(expected, got, tol: float = 1e-5) -> bool:
 
 
 def memory(served) -> dict[str, int]:
-    from python_backend_models.supervision import process_tree_rss
+    from python_backend_models.supervision import process_tree_rss, resident_bytes
 
     out = process_tree_rss(served.tritonserver_pid())
-    page = os.sysconf("SC_PAGE_SIZE")
-    out["trilate serve (front end)"] = int(Path(f"/proc/{served.proc.pid}/statm").read_text().split()[1]) * page
+    out["trilate serve (front end)"] = resident_bytes(Path(f"/proc/{served.proc.pid}"))
     return out
 
 

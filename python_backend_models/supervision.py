@@ -27,19 +27,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 STUB_BINARY = "triton_python_backend_stub"
 
 
-def stub_processes(server_pid: int, proc: Path = Path("/proc")):
-    """Yield ``(model name, /proc entry)`` for each live Python-backend stub among ``server_pid``'s children.
-
-    A stub's first argument is ``<repository>/<model>/<version>/model.py``; zombies (a killed stub
-    that tritonserver has not reaped yet) have no command line and are not counted.
-    """
+def child_processes(parent_pid: int, proc: Path = Path("/proc")):
+    """Yield ``(/proc entry, argv)`` for each live (not zombie) child process of ``parent_pid``."""
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -47,14 +43,28 @@ def stub_processes(server_pid: int, proc: Path = Path("/proc")):
             stat = (entry / "stat").read_text()
             # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")".
             state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-            if int(ppid) != server_pid or state == "Z":
+            if int(ppid) != parent_pid or state == "Z":
                 continue
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError, IndexError):
             continue  # the process ended while we looked
-        if len(argv) < 2 or not argv[0].endswith(STUB_BINARY.encode()):
-            continue
-        yield Path(argv[1].decode(errors="replace")).parent.parent.name, entry
+        yield entry, argv
+
+
+def stub_processes(server_pid: int, proc: Path = Path("/proc")):
+    """Yield ``(model name, /proc entry)`` for each live Python-backend stub among ``server_pid``'s children.
+
+    A stub's first argument is ``<repository>/<model>/<version>/model.py``; zombies (a killed stub
+    that tritonserver has not reaped yet) are not counted.
+    """
+    for entry, argv in child_processes(server_pid, proc):
+        if len(argv) >= 2 and argv[0].endswith(STUB_BINARY.encode()):
+            yield Path(argv[1].decode(errors="replace")).parent.parent.name, entry
+
+
+def resident_bytes(entry: Path) -> int:
+    """Resident memory of the process at ``/proc/<pid>``."""
+    return int((entry / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def live_stubs(server_pid: int, proc: Path = Path("/proc")) -> dict[str, int]:
@@ -68,7 +78,6 @@ def live_stubs(server_pid: int, proc: Path = Path("/proc")) -> dict[str, int]:
 @dataclass
 class ModelHealth:
     reason: str
-    since: float = field(default_factory=time.monotonic)
     attempts: int = 0
     next_try: float = 0.0
 
@@ -122,7 +131,6 @@ class Supervisor:
         self.interval = interval
         self.backoff = backoff
         self.log = log
-        self.restarts = 0
         self._expected: dict[str, int] = {}
         self._health: dict[str, ModelHealth] = {}
         self._lock = threading.Lock()
@@ -214,7 +222,6 @@ class Supervisor:
         with self._lock:
             self._expected[model] = max(count, 1)
             self._health.pop(model, None)
-        self.restarts += 1
         self.log(f"supervisor: model {model!r} restarted in {time.monotonic() - start:.1f} s "
                  f"({count} stub process(es))")
 
@@ -232,18 +239,13 @@ def python_models(repository: Path) -> list[str]:
 def process_tree_rss(pid: int, proc: Path = Path("/proc")) -> dict[str, int]:
     """Resident memory (bytes) of tritonserver ``pid`` (key ``"tritonserver"``) and of its
     Python-backend stubs, summed per model name.  Used by the soak run."""
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def rss(entry: Path) -> int:
-        return int((entry / "statm").read_text().split()[1]) * page
-
     try:
-        out = {"tritonserver": rss(proc / str(pid))}
+        out = {"tritonserver": resident_bytes(proc / str(pid))}
     except OSError:
         return {}
     for model, entry in stub_processes(pid, proc):
         try:
-            out[model] = out.get(model, 0) + rss(entry)
+            out[model] = out.get(model, 0) + resident_bytes(entry)
         except OSError:
             continue
     return out

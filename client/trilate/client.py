@@ -59,6 +59,8 @@ CHUNK = 128
 
 def _check_text(text: str, what: str) -> str:
     """Text must encode as UTF-8: JSON may carry a lone surrogate ("\\ud800"), which no tokenizer takes."""
+    if text.isascii():  # the common case, without building the bytes
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -284,13 +286,6 @@ class TrilateClient:
     def card_json(self, card: ModelCard) -> dict[str, Any]:
         """Everything the repository builder wrote in ``card``'s model card (e.g. the checkpoint ``path``)."""
         return json.loads(self._card_parameter(card.triton_name) or "{}")
-
-    def server_ready(self) -> bool:
-        """tritonserver's readiness; False when it cannot be reached."""
-        try:
-            return bool(self._triton().is_server_ready())
-        except Exception:
-            return False
 
     def unavailable(self) -> dict[str, str]:
         """What cannot answer now: Triton models that are not READY (name -> state and reason), or

@@ -82,15 +82,10 @@ class ServeProcess:
 
     def tritonserver_pid(self) -> int:
         """The pid of the tritonserver that this ``trilate serve`` started (a child process of it)."""
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0]
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == self.proc.pid and argv0.endswith(b"tritonserver"):
+        from python_backend_models.supervision import child_processes
+
+        for entry, argv in child_processes(self.proc.pid):
+            if argv[0].endswith(b"tritonserver"):
                 return int(entry.name)
         raise ServeError("this trilate serve has no tritonserver child process")
 

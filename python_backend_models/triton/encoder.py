@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import time
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -13,6 +17,17 @@ from .base import (
     StageModel, bool_param, error_response, input_array, int_param, request_parameters, requested_outputs,
 )
 
+
+def _libc():
+    """glibc, for ``malloc_trim``; None elsewhere (musl, macOS), where there is nothing to trim."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
 
 # Public outputs that need each head (the sparse stage's outputs need the encoder's token weights).
 _TOKEN_OUTPUTS = {C.TOKEN_EMBEDDINGS, C.NUM_TOKENS}
@@ -44,6 +59,7 @@ class EncoderModel(StageModel):
         device = f"cuda:{self.device_id}" if self.instance_kind == "GPU" else "cpu"
         self.encoder = load_encoder(self.info, device=device, dtype=self.params.get("dtype", "auto"))
         self.encoder.max_batch_tokens = int(self.params.get("max_batch_tokens", "16384"))
+        self._trimmed_at = 0.0
         for name in ("max_rows", "pass_cost_tokens"):
             if self.params.get(name):
                 setattr(self.encoder, name, int(self.params[name]))
@@ -107,18 +123,12 @@ class EncoderModel(StageModel):
     def _trim_heap(self, every_s: float = 2.0) -> None:
         """Give freed heap back to the OS now and then: packs change shape with every batch, and glibc keeps
         the freed buffers of old shapes otherwise, so resident memory creeps up under a long mixed load."""
-        import time
-
         now = time.monotonic()
-        if now - getattr(self, "_trimmed_at", 0.0) < every_s:
+        if now - self._trimmed_at < every_s:
             return
         self._trimmed_at = now
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc: nothing to do
-            pass
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)
 
     def _dimensions(self, size: int | None) -> int | None:
         """vLLM's checks of a request's ``dimensions`` (matryoshka output size)."""

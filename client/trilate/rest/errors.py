@@ -48,6 +48,8 @@ def lone_surrogate(value: Any, path: str = "") -> APIError | None:
     from pydantic import BaseModel
 
     if isinstance(value, str):
+        if value.isascii():  # the common case, without building the bytes
+            return None
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
