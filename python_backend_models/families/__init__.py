@@ -1,22 +1,11 @@
-"""One module per architecture family; ``load_encoder`` picks it from the model's description."""
+"""One class per architecture family (``text``: ColBERT, bi-encoders, BGE-M3; ``vision``: ColQwen3, ColQwen3.5,
+Llama Nemotron VL), torch-free, and the torch encoders they build (one module each)."""
 
 from __future__ import annotations
 
-from ..registry import ModelInfo
 
+def load_encoder(info, device: str = "cpu", dtype: str = "auto"):
+    """The torch encoder for the card ``info`` (imports torch and transformers)."""
+    from ..registry import family_of
 
-def load_encoder(info: ModelInfo, device: str = "cpu", dtype: str = "auto"):
-    """The torch encoder for ``info`` (imports torch and transformers)."""
-    if info.family == "colbert":
-        from .colbert import ColbertEncoder
-
-        return ColbertEncoder(info, device=device, dtype=dtype)
-    if info.family == "bi_encoder":
-        from .bi_encoder import BiEncoder
-
-        return BiEncoder(info, device=device, dtype=dtype)
-    if info.family == "bge_m3":
-        from .bge_m3 import BgeM3Encoder
-
-        return BgeM3Encoder(info, device=device, dtype=dtype)
-    raise ValueError(f"no encoder for family {info.family!r}")
+    return family_of(info).encoder(info, device=device, dtype=dtype)

@@ -1,8 +1,9 @@
 """What every encoder family shares: loading a transformers backbone from safetensors, the projection
 heads, and batching many texts into few forward passes.
 
-An *item* is one text's ``(input_ids, attention_mask, output_mask)``, 1-D arrays of equal length
-(trailing padding allowed).  ``Encoder.encode`` runs all items of all requests together: packed by
+An *item* is one prompt's features: a mapping with ``input_ids``, ``attention_mask``, ``output_mask`` (1-D arrays
+of equal length, trailing padding allowed) and, for image prompts, the family's pixel features (``pixel_values``,
+``image_sizes``); a plain ``(input_ids, attention_mask, output_mask)`` tuple is accepted too.  ``Encoder.encode`` runs all items of all requests together: packed by
 ``python_backend_models.packing`` under a token budget, one forward pass and one run of the heads per
 pack, split back per item.
 """
@@ -12,14 +13,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, load_state_dict, read_json
-from ..registry import ModelInfo
+from ..cards import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,17 @@ class Wanted:
     sparse: bool = True
 
 
+Features = Mapping[str, Any]
+
+
+def features(item) -> Features:
+    """An item as its features mapping (tuples are the text families' ``(ids, attention, output)``)."""
+    if isinstance(item, Mapping):
+        return item
+    ids, attention, output = item
+    return {"input_ids": ids, "attention_mask": attention, "output_mask": output}
+
+
 def item_length(attention: np.ndarray, output: np.ndarray) -> int:
     live = np.flatnonzero((attention != 0) | output)
     return int(live[-1]) + 1 if live.size else 0
@@ -198,6 +210,11 @@ class Encoder:
             if n > self.info.max_model_len:
                 raise InputError(f"an input has {n} tokens; this model's maximum context length is {self.info.max_model_len}")
 
+    def forward_pack(self, ids: torch.Tensor, attention: torch.Tensor, rows: Sequence[Features]) -> torch.Tensor:
+        """One pack's last hidden states (rows, width, H) fp32; ``rows`` are the pack's items in row order (the
+        image families read their pixel features from them)."""
+        return self.backbone(input_ids=ids, attention_mask=attention).last_hidden_state.float()
+
     def head_keys(self) -> tuple[str, ...]:
         return tuple(layer.weight_key for layer in self.info.projection if layer.file == "model.safetensors")
 
@@ -226,7 +243,7 @@ class Encoder:
     @torch.inference_mode()
     def encode(
         self,
-        items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+        items: Sequence[Features | tuple[np.ndarray, np.ndarray, np.ndarray]],
         *,
         want_tokens: bool = True,
         want_pooled: bool = False,
@@ -239,7 +256,8 @@ class Encoder:
         from ..packing import plan
 
         wanted = Wanted(tokens=want_tokens, pooled=want_pooled, sparse=want_sparse)
-        lengths = [item_length(a, o) for _, a, o in items]
+        items = [features(item) for item in items]
+        lengths = [item_length(f["attention_mask"], f["output_mask"]) for f in items]
         results: list[ItemOutput | None] = [None] * len(items)
         for pack in plan(lengths, max_tokens=self.max_batch_tokens, max_rows=self.max_rows,
                          pass_cost=self.pass_cost_tokens):
@@ -249,12 +267,12 @@ class Encoder:
             out = np.zeros((len(rows), width), dtype=bool)
             for row, i in enumerate(rows):
                 n = lengths[i]
-                ids[row, :n] = items[i][0][:n]
-                att[row, :n] = items[i][1][:n]
-                out[row, :n] = items[i][2][:n]
+                ids[row, :n] = items[i]["input_ids"][:n]
+                att[row, :n] = items[i]["attention_mask"][:n]
+                out[row, :n] = items[i]["output_mask"][:n]
             ids_t = torch.from_numpy(ids).to(self.device)
             att_t = torch.from_numpy(att).to(self.device)
-            hidden = self.backbone(input_ids=ids_t, attention_mask=att_t).last_hidden_state.float()
+            hidden = self.forward_pack(ids_t, att_t, [items[i] for i in rows])
             self.forward_passes += 1
             inputs = PackInputs(
                 hidden=hidden, ids=ids_t, attention=att_t, output=out, lengths=[lengths[i] for i in rows],
