@@ -29,13 +29,20 @@ def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> mc.Mod
     return step
 
 
+def _features(info: ModelInfo) -> tuple[str, ...]:
+    """What preprocess hands the encoder."""
+    pixels = (C.PIXEL_VALUES, C.IMAGE_SIZES) if info.multimodal else ()
+    return (C.INPUT_IDS, C.ATTENTION_MASK, C.OUTPUT_MASK, *pixels)
+
+
 def _side_steps(side: str, preprocess: str, name: str, text: str, info: ModelInfo, prompt_tokens: str,
-                wanted: tuple[str, ...]) -> tuple[list[mc.ModelEnsembling.Step], dict[str, str]]:
+                wanted: tuple[str, ...], images: str | None = None) -> tuple[list[mc.ModelEnsembling.Step], dict[str, str]]:
     """preprocess -> encoder (-> sparse) for one side of a score; returns the steps and where each
-    wanted output lands (``_<side>_<output>``)."""
-    wire = {n: f"_{side}_{n}" for n in (C.INPUT_IDS, C.ATTENTION_MASK, C.OUTPUT_MASK, C.TOKEN_WEIGHTS, *wanted)}
-    ids = {n: wire[n] for n in (C.INPUT_IDS, C.ATTENTION_MASK, C.OUTPUT_MASK)}
-    steps = [_step(preprocess, {C.TEXT: text}, {**ids, C.PROMPT_TOKENS: prompt_tokens})]
+    wanted output lands (``_<side>_<output>``).  ``images``: the ensemble input with this side's images."""
+    wire = {n: f"_{side}_{n}" for n in (*_features(info), C.TOKEN_WEIGHTS, *wanted)}
+    ids = {n: wire[n] for n in _features(info)}
+    pre_in = {C.TEXT: text, **({C.IMAGES: images} if images else {})}
+    steps = [_step(preprocess, pre_in, {**ids, C.PROMPT_TOKENS: prompt_tokens})]
     encoder_outputs = [n for n in wanted if n in (C.EMBEDDINGS, C.TOKEN_EMBEDDINGS, C.NUM_TOKENS)]
     sparse_outputs = [n for n in wanted if n in (C.LEXICAL_IDS, C.LEXICAL_WEIGHTS, C.NUM_LEXICAL)]
     if sparse_outputs:
@@ -50,19 +57,23 @@ def _side_steps(side: str, preprocess: str, name: str, text: str, info: ModelInf
 
 def token_embed_ensemble(name: str, info: ModelInfo, max_batch_size: int) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
-    config.input.append(io_tensor(C.PREPROCESS.input(C.TEXT), mc.ModelInput))
-    encoder = C.encoder_spec(output_dim(info), info.pooled_dim, info.sparse)
+    preprocess = C.preprocess_spec(info.multimodal)
+    config.input.append(io_tensor(preprocess.input(C.TEXT), mc.ModelInput))
+    if info.multimodal:
+        config.input.append(io_tensor(preprocess.input(C.IMAGES), mc.ModelInput))
+    encoder = C.encoder_spec(output_dim(info), info.pooled_dim, info.sparse, info.multimodal)
     public = [spec for spec in encoder.outputs if spec.name != C.TOKEN_WEIGHTS]
     public.append(C.PREPROCESS.output(C.PROMPT_TOKENS))
     if info.sparse:
         public.extend(C.SPARSE.outputs)
     config.output.extend(io_tensor(spec, mc.ModelOutput) for spec in public)
-    wires = {n: f"_{n}" for n in (C.INPUT_IDS, C.ATTENTION_MASK, C.OUTPUT_MASK)}
+    wires = {n: f"_{n}" for n in _features(info)}
     enc_out = {spec.name: spec.name for spec in encoder.outputs}
     if info.sparse:
         enc_out[C.TOKEN_WEIGHTS] = "_" + C.TOKEN_WEIGHTS
+    pre_in = {C.TEXT: C.TEXT, **({C.IMAGES: C.IMAGES} if info.multimodal else {})}
     steps = [
-        _step(C.stage_name(name, "preprocess"), {C.TEXT: C.TEXT}, {**wires, C.PROMPT_TOKENS: C.PROMPT_TOKENS}),
+        _step(C.stage_name(name, "preprocess"), pre_in, {**wires, C.PROMPT_TOKENS: C.PROMPT_TOKENS}),
         _step(C.stage_name(name, "encoder"), wires, enc_out),
     ]
     if info.sparse:
@@ -80,6 +91,9 @@ def score_ensemble(name: str, info: ModelInfo, query_preprocess: str, document_p
     config = mc.ModelConfig(name=C.stage_name(name, "score"), platform="ensemble", max_batch_size=0)
     for side in (C.QUERIES, C.DOCUMENTS):
         config.input.append(io_tensor(C.TensorSpec(side, "STRING", (-1, 1)), mc.ModelInput))
+    if info.multimodal:
+        for side in (C.QUERY_IMAGES, C.DOCUMENT_IMAGES):
+            config.input.append(io_tensor(C.TensorSpec(side, "STRING", (-1, -1), optional=True), mc.ModelInput))
     config.output.extend(io_tensor(spec, mc.ModelOutput) for spec in (
         C.TensorSpec(C.SCORES, "FP32", (-1,)),
         C.TensorSpec(C.QUERY_PROMPT_TOKENS, "INT32", (-1, 1)),
@@ -94,8 +108,10 @@ def score_ensemble(name: str, info: ModelInfo, query_preprocess: str, document_p
     else:
         wanted = (C.EMBEDDINGS,)
         scorer = C.COSINE_MODEL
-    q_steps, q = _side_steps("q", query_preprocess, name, C.QUERIES, info, C.QUERY_PROMPT_TOKENS, wanted)
-    d_steps, d = _side_steps("d", document_preprocess, name, C.DOCUMENTS, info, C.DOCUMENT_PROMPT_TOKENS, wanted)
+    q_images, d_images = (C.QUERY_IMAGES, C.DOCUMENT_IMAGES) if info.multimodal else (None, None)
+    q_steps, q = _side_steps("q", query_preprocess, name, C.QUERIES, info, C.QUERY_PROMPT_TOKENS, wanted, q_images)
+    d_steps, d = _side_steps("d", document_preprocess, name, C.DOCUMENTS, info, C.DOCUMENT_PROMPT_TOKENS, wanted,
+                             d_images)
     inputs = {f"query_{n}": q[n] for n in wanted}
     inputs.update({f"document_{n}": d[n] for n in wanted})
     config.ensemble_scheduling.step.extend(q_steps + d_steps + [_step(scorer, inputs, {C.SCORES: C.SCORES})])

@@ -59,6 +59,13 @@ ATTENTION_MASK = "attention_mask"
 OUTPUT_MASK = "output_mask"  # which positions come back as vectors (query expansion kept, skiplist dropped)
 PROMPT_TOKENS = "prompt_tokens"  # tokens fed to the model, for usage counts
 TOKEN_STRS = "token_strs"  # only computed when asked for (the tokenize call)
+# Image models only.  `images` (BYTES, optional): row i holds the encoded image files (PNG, JPEG, WebP, GIF bytes)
+# of row i's image parts in order, b"" padding.  Between preprocess and encoder each row's pixels travel as one
+# BYTES element of raw float32 (`pixel_values`: the family's patch or tile rows) and int64 (`image_sizes`:
+# Qwen-VL (n, 3) grids, Nemotron (n,) tile counts): ragged across rows, never padded.
+IMAGES = "images"
+PIXEL_VALUES = "pixel_values"
+IMAGE_SIZES = "image_sizes"
 
 # --- encoder: token ids -> vectors ---------------------------------------------------------------
 TOKEN_EMBEDDINGS = "token_embeddings"  # (n_texts, max_tokens, dim), zero rows past num_tokens
@@ -85,6 +92,8 @@ QUERY_NUM_TOKENS = "query_num_tokens"
 DOCUMENT_TOKEN_EMBEDDINGS = "document_token_embeddings"
 DOCUMENT_NUM_TOKENS = "document_num_tokens"
 SCORES = "scores"
+QUERY_IMAGES = "query_images"  # image models: each side's `images`
+DOCUMENT_IMAGES = "document_images"
 QUERY_PROMPT_TOKENS = "query_prompt_tokens"
 DOCUMENT_PROMPT_TOKENS = "document_prompt_tokens"
 
@@ -101,6 +110,10 @@ PARAM_PURPOSE = "purpose"  # "embedding" | "score": the length error's wording; 
 # Comma-separated public outputs the caller will read (the client sends it): the encoder runs only their
 # heads, e.g. a dense embedding request computes no per-token vectors.  Absent = every mapped output.
 PARAM_OUTPUTS = "outputs"
+# Image models: "json" = every text row is {"text": str} | {"content": [parts]} | {"messages": [...]}
+# (python_backend_models.multimodal); absent or "text" = plain text rows.
+PARAM_PROMPT_FORMAT = "prompt_format"
+PARAM_CHAT_TEMPLATE_KWARGS = "chat_template_kwargs"  # JSON object: extra variables for the chat template
 
 # Config parameter on the public ensemble that describes the served model to clients (JSON).
 MODEL_CARD_PARAMETER = "trilate_model_card"
@@ -118,10 +131,25 @@ PREPROCESS = StageSpec(
     adapter="preprocess:PreprocessModel",
 )
 
+_PIXEL_OUTPUTS = (TensorSpec(PIXEL_VALUES, "STRING", (1,)), TensorSpec(IMAGE_SIZES, "STRING", (1,)))
 
-def encoder_spec(dim: int, pooled_dim: int | None, sparse: bool = False) -> StageSpec:
+
+def preprocess_spec(multimodal: bool = False) -> StageSpec:
+    """The preprocess stage; image models add the optional ``images`` input and the per-row pixel outputs."""
+    if not multimodal:
+        return PREPROCESS
+    return StageSpec(
+        kind="preprocess",
+        inputs=(*PREPROCESS.inputs, TensorSpec(IMAGES, "STRING", (-1,), ragged=True, optional=True)),
+        outputs=(*PREPROCESS.outputs, *_PIXEL_OUTPUTS),
+        adapter=PREPROCESS.adapter,
+    )
+
+
+def encoder_spec(dim: int, pooled_dim: int | None, sparse: bool = False, multimodal: bool = False) -> StageSpec:
     """``dim`` is -1 for models whose requests may pick a smaller (matryoshka) size; ``pooled_dim`` is
-    None for models without a pooled vector; ``sparse`` adds BGE-M3's per-position weights."""
+    None for models without a pooled vector; ``sparse`` adds BGE-M3's per-position weights; ``multimodal``
+    the per-row pixel inputs."""
     outputs = [TensorSpec(TOKEN_EMBEDDINGS, "FP32", (-1, dim)), TensorSpec(NUM_TOKENS, "INT32", (1,))]
     if pooled_dim is not None:
         outputs.append(TensorSpec(EMBEDDINGS, "FP32", (pooled_dim,)))
@@ -133,6 +161,7 @@ def encoder_spec(dim: int, pooled_dim: int | None, sparse: bool = False) -> Stag
             TensorSpec(INPUT_IDS, "INT64", (-1,), ragged=True),
             TensorSpec(ATTENTION_MASK, "INT64", (-1,), ragged=True),
             TensorSpec(OUTPUT_MASK, "BOOL", (-1,), ragged=True),
+            *(_PIXEL_OUTPUTS if multimodal else ()),
         ),
         outputs=tuple(outputs),
         adapter="encoder:EncoderModel",

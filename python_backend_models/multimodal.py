@@ -150,12 +150,13 @@ class MultimodalEncoded:
 
 
 def chat_template_for(path: Path, explicit: str | None, default: ChatTemplate | None = None) -> ChatTemplate | None:
-    """The template ``messages`` are rendered with: ``--chat-template`` (``explicit``), else the family's own
-    (``default``), else the checkpoint's ``chat_template.jinja``, ``chat_template.json`` or tokenizer_config.json."""
+    """The template ``messages`` are rendered with: ``--chat-template`` (``explicit``: its source, as the card
+    carries it), else the family's own (``default``), else the checkpoint's ``chat_template.jinja``,
+    ``chat_template.json`` or tokenizer_config.json."""
     from . import chat_templates
 
     if explicit:
-        return chat_templates.load(explicit)
+        return ChatTemplate.from_string(explicit, name="--chat-template")
     if default is not None:
         return default
     if (path / "chat_template.jinja").is_file():

@@ -33,6 +33,9 @@ class ServeSpec:
     dtype: str = "auto"
     # Score/rerank encode side 1 as ColBERT queries and side 2 as documents (PyLate conventions).
     colbert_score_modes: bool = False
+    # --chat-template: a Hugging Face style Jinja file for `messages` (and a cross-encoder's pairs); None = the
+    # family's own (Nemotron VL) or the checkpoint's.
+    chat_template: str | None = None
 
     @property
     def name(self) -> str:
@@ -64,6 +67,12 @@ def describe_spec(spec: ServeSpec) -> ModelInfo:
     path = resolve(spec.model)
     ckpt = open_checkpoint(path, spec.hf_overrides)
     info = describe(ckpt, spec.name, max_model_len=spec.max_model_len, hf_overrides=spec.hf_overrides)
+    if spec.chat_template is not None:
+        from .chat_templates import load
+
+        # A file that does not compile fails the build, naming the line; the card carries its text, so a moved
+        # repository (a container image) needs no copy of the file.
+        info = replace(info, chat_template=load(Path(spec.chat_template).expanduser()).source)
     if spec.colbert_score_modes and not info.embedding_modes:
         raise CheckpointError(
             f"{spec.name}: ColBERT query/document scoring needs a ColBERT checkpoint with PyLate or Stanford conventions"
@@ -79,9 +88,10 @@ def model_configs(spec: ServeSpec, info: ModelInfo, options: BuildOptions):
     card = info.to_json()
     preprocess = C.stage_name(name, "preprocess")
     delay = options.max_queue_delay_us
-    configs = [(stage_config(preprocess, C.PREPROCESS, max_batch_size=MAX_BATCH_SIZE,
-                             parameters={"model_card": card}, max_queue_delay_us=delay), C.PREPROCESS.adapter)]
-    encoder_spec = C.encoder_spec(output_dim(info), info.pooled_dim, info.sparse)
+    pre_spec = C.preprocess_spec(info.multimodal)
+    configs = [(stage_config(preprocess, pre_spec, max_batch_size=MAX_BATCH_SIZE,
+                             parameters={"model_card": card}, max_queue_delay_us=delay), pre_spec.adapter)]
+    encoder_spec = C.encoder_spec(output_dim(info), info.pooled_dim, info.sparse, info.multimodal)
     configs.append((stage_config(
         C.stage_name(name, "encoder"), encoder_spec, max_batch_size=MAX_BATCH_SIZE,
         parameters={"model_card": card, "dtype": spec.dtype, "max_batch_tokens": str(options.max_batch_tokens),

@@ -96,14 +96,14 @@ class EncoderModel(StageModel):
                 norm = bool_param(params, C.PARAM_USE_ACTIVATION, True)
                 size = self._dimensions(int_param(params, C.PARAM_DIMENSIONS))
                 wants[r] = self._wanted(request, params)
+                rows = self._items(request, ids, att, out)
             except InputError as exc:
                 responses[r] = error_response(str(exc))
                 continue
             spans[r] = (len(items), len(items) + ids.shape[0], size or self.info.dim)
-            for row in range(ids.shape[0]):
-                items.append((ids[row], att[row], out[row]))
-                normalize.append(norm)
-                sizes.append(size)
+            items.extend(rows)
+            normalize.extend([norm] * len(rows))
+            sizes.extend([size] * len(rows))
         results = []
         if items:
             batch = Wanted(tokens=any(w.tokens for w in wants.values()), pooled=any(w.pooled for w in wants.values()),
@@ -119,6 +119,18 @@ class EncoderModel(StageModel):
             responses[r] = self._response(results[lo:hi], wants[r], dim)
         self._trim_heap()
         return responses
+
+    def _items(self, request, ids, att, out) -> list[dict]:
+        """One request's rows as encoder items (feature mappings); image models add each row's pixels."""
+        rows = [{C.INPUT_IDS: ids[i], C.ATTENTION_MASK: att[i], C.OUTPUT_MASK: out[i]} for i in range(ids.shape[0])]
+        if self.info.multimodal:
+            pixels = input_array(request, C.PIXEL_VALUES).reshape(-1)
+            image_sizes = input_array(request, C.IMAGE_SIZES).reshape(-1)
+            if pixels.shape[0] != len(rows) or image_sizes.shape[0] != len(rows):
+                raise InputError("pixel_values and image_sizes need one element per row")
+            for row, raw_pixels, raw_sizes in zip(rows, pixels, image_sizes):
+                row.update(self.encoder.image_features(raw_pixels, raw_sizes))
+        return rows
 
     def _trim_heap(self, every_s: float = 2.0) -> None:
         """Give freed heap back to the OS now and then: packs change shape with every batch, and glibc keeps

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from .. import contract as C
 from ..errors import InputError
-from ..tokenization import TextPreprocessor
 from .base import StageModel, bool_param, input_array, int_param, request_parameters, requested_outputs
 
 
@@ -34,16 +31,17 @@ class PreprocessModel(StageModel):
     sides of a score ensemble with ColBERT conventions) instead of reading it per request."""
 
     def setup(self) -> None:
+        from ..registry import family_of
+
         self.info = self.model_info()
         self.fixed_mode = self.params.get("embedding_mode") or None
-        self.core = TextPreprocessor(
-            Path(self.info.path), self.info.max_model_len, do_lower_case=self.info.do_lower_case,
-            colbert=self.info.family == "colbert",
-        )
+        self.core = family_of(self.info).preprocessor(self.info)
 
     def handle(self, request):
         params = request_parameters(request)
         texts = decode_texts(input_array(request, C.TEXT))
+        if self.info.multimodal:
+            return self._multimodal(request, params, texts)
         mode = self.fixed_mode or params.get(C.PARAM_EMBEDDING_MODE) or None
         encoded = self.core.encode(
             texts,
@@ -53,6 +51,9 @@ class PreprocessModel(StageModel):
             add_special_tokens=bool_param(params, C.PARAM_ADD_SPECIAL_TOKENS, True),
             purpose=params.get(C.PARAM_PURPOSE, "embedding"),
         )
+        return pb_utils.InferenceResponse(output_tensors=self._outputs(request, encoded, len(texts)))
+
+    def _outputs(self, request, encoded, n: int) -> list:
         outputs = [
             pb_utils.Tensor(C.INPUT_IDS, encoded.input_ids),
             pb_utils.Tensor(C.ATTENTION_MASK, encoded.attention_mask),
@@ -61,8 +62,42 @@ class PreprocessModel(StageModel):
         ]
         if C.TOKEN_STRS in requested_outputs(request):
             width = encoded.input_ids.shape[1]
-            strs = np.full((len(texts), width), b"", dtype=object)
+            strs = np.full((n, width), b"", dtype=object)
             for i, toks in enumerate(encoded.tokens):
                 strs[i, : len(toks)] = [t.encode("utf-8") for t in toks]
             outputs.append(pb_utils.Tensor(C.TOKEN_STRS, strs))
+        return outputs
+
+    def _multimodal(self, request, params, texts):
+        """Image models: rows per ``prompt_format``, images from the optional ``images`` tensor."""
+        import json
+
+        from ..multimodal import to_bytes_rows
+
+        if self.fixed_mode or params.get(C.PARAM_EMBEDDING_MODE):
+            raise InputError(f"embedding_mode is not available for {self.info.served_name}: its queries and "
+                             "documents are encoded alike")
+        tensor = pb_utils.get_input_tensor_by_name(request, C.IMAGES)
+        images = tensor.as_numpy() if tensor is not None else np.zeros((len(texts), 0), dtype=object)
+        if images.ndim != 2 or images.shape[0] != len(texts):
+            raise InputError(f"images must be a 2-D tensor with one row per text ({len(texts)}), got shape "
+                             f"{list(images.shape)}")
+        kwargs = params.get(C.PARAM_CHAT_TEMPLATE_KWARGS) or {}
+        if isinstance(kwargs, str):
+            try:
+                kwargs = json.loads(kwargs)
+            except ValueError:
+                raise InputError("chat_template_kwargs must be a JSON object") from None
+        if not isinstance(kwargs, dict):
+            raise InputError("chat_template_kwargs must be a JSON object")
+        done = self.core.encode(
+            texts, [list(row) for row in images], prompt_format=params.get(C.PARAM_PROMPT_FORMAT),
+            truncate_prompt_tokens=int_param(params, C.PARAM_TRUNCATE_PROMPT_TOKENS),
+            truncation_side=params.get(C.PARAM_TRUNCATION_SIDE) or "right",
+            add_special_tokens=bool_param(params, C.PARAM_ADD_SPECIAL_TOKENS, True),
+            purpose=params.get(C.PARAM_PURPOSE, "embedding"), chat_template_kwargs=kwargs,
+        )
+        outputs = self._outputs(request, done.encoded, len(texts))
+        outputs += [pb_utils.Tensor(C.PIXEL_VALUES, to_bytes_rows(done.pixel_values)),
+                    pb_utils.Tensor(C.IMAGE_SIZES, to_bytes_rows(done.image_sizes))]
         return pb_utils.InferenceResponse(output_tensors=outputs)
