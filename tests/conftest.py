@@ -126,6 +126,14 @@ def bge_m3(tmp_path_factory) -> Path:
     return tiny_checkpoints.write_bge_m3(tmp_path_factory.mktemp("bge_m3"))
 
 
+@pytest.fixture(scope="session")
+def colqwen35(tmp_path_factory) -> Path:
+    """Tiny athrael-soju/colqwen3.5 layout (Qwen3.5 hybrid + vision, custom_text_proj with bias, bidirectional)."""
+    import tiny_colqwen35
+
+    return tiny_colqwen35.write_colqwen3_5(tmp_path_factory.mktemp("colqwen35"))
+
+
 # --------------------------------------------------------------------------------------------------
 # Servers
 # --------------------------------------------------------------------------------------------------
