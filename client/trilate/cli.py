@@ -27,6 +27,11 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="backbone precision (auto: float32 on CPU); heads always run in float32")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="accepted for vLLM compatibility; trilate never runs code from a checkpoint")
+    parser.add_argument("--runner", default=None, metavar="RUNNER",
+                        help="accepted for vLLM compatibility: only 'pooling' (trilate serves pooling models only)")
+    parser.add_argument("--chat-template", action="append", default=None, metavar="PATH",
+                        help="Jinja chat / score template file (vLLM's flag), once for all models or once per model; "
+                             "default: the checkpoint's own or trilate's template for its architecture")
     parser.add_argument("--colbert-score-modes", action="store_true",
                         help="/score and /rerank encode side 1 as ColBERT queries and side 2 as documents "
                              "with the checkpoint's own conventions (PyLate); default: vLLM's symmetric encoding")
@@ -64,14 +69,37 @@ def _specs(args: argparse.Namespace):
         overrides = overrides * len(models)
     if not overrides:
         overrides = [{}] * len(models)
+    if args.runner is not None and args.runner != "pooling":
+        raise SystemExit(f"error: --runner {args.runner} is not supported: trilate serves pooling models only "
+                         "(--runner pooling, or leave the flag out)")
+    templates = _chat_templates(args.chat_template, len(models))
     if args.trust_remote_code:
         print("trilate: --trust-remote-code accepted; no code from any checkpoint is run "
               "(trilate's own implementation of each architecture serves it)", file=sys.stderr)
     return [
         ServeSpec(model=m, served_name=n, hf_overrides=o, max_model_len=args.max_model_len, dtype=args.dtype,
-                  colbert_score_modes=args.colbert_score_modes)
-        for m, n, o in zip(models, names, overrides)
+                  colbert_score_modes=args.colbert_score_modes, **({"chat_template": t} if t is not None else {}))
+        for m, n, o, t in zip(models, names, overrides, templates)
     ]
+
+
+def _chat_templates(raw: list[str] | None, n_models: int) -> list[str | None]:
+    """``--chat-template`` per model (None: the model's default), each an existing file."""
+    import dataclasses
+
+    from python_backend_models.repository import ServeSpec
+
+    raw = raw or []
+    if len(raw) not in (0, 1, n_models):
+        raise SystemExit("error: give --chat-template once for all models or once per model")
+    for path in raw:
+        if not Path(path).is_file():
+            raise SystemExit(f"error: --chat-template {path!r} is not a file")
+    if raw and "chat_template" not in {f.name for f in dataclasses.fields(ServeSpec)}:
+        raise SystemExit("error: --chat-template is not supported by this build's repository builder yet "
+                         "(ServeSpec.chat_template); leave it out to use each model's default template")
+    paths = [str(Path(p).resolve()) for p in raw]
+    return paths * n_models if len(paths) == 1 else (paths or [None] * n_models)
 
 
 def _build(args: argparse.Namespace, output: Path):
@@ -142,7 +170,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_frontend:
         from .frontend import check_port_free, limits_from_args
 
+        from .multimodal import media_from_args
+
         limits = limits_from_args(args)
+        media = media_from_args(args)
         check_port_free(args.host, args.port)  # before minutes of model loading
     try:  # before any download or build
         _say(args, f"tritonserver {find_tritonserver(args.tritonserver).describe()}")
@@ -181,7 +212,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from .frontend import FrontEnd, create_app
 
             triton_url = server.grpc_url if args.frontend_protocol == "grpc" else server.http_url
-            app = create_app(triton_url, args.frontend_protocol, limits=limits,
+            app = create_app(triton_url, args.frontend_protocol, limits=limits, media=media,
                              metrics_url=f"http://{config.host}:{config.metrics_port}/metrics",
                              model_repository=repo, unhealthy=supervisor.unhealthy)
             frontend = FrontEnd(app, args.host, args.port, log_level=args.uvicorn_log_level,
@@ -248,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--frontend-protocol", default="grpc", choices=["grpc", "http"],
                        help="how the REST front end talks to tritonserver")
     from .frontend import add_limit_arguments
+    from .multimodal import add_media_arguments
 
     add_limit_arguments(serve)
+    add_media_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
     build = sub.add_parser("build-repo", help="write the model repository without serving")

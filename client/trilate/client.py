@@ -19,12 +19,13 @@ import contextlib
 import json
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from python_backend_models import contract as C
 from tritonclient.utils import InferenceServerException
 
+from . import multimodal as MM
 from .errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -56,34 +57,52 @@ CANCEL_POLL_S = 0.1
 # Texts per Triton request; must not exceed the repository's max_batch_size.
 CHUNK = 128
 
-
-def _check_text(text: str, what: str) -> str:
-    """Text must encode as UTF-8: JSON may carry a lone surrogate ("\\ud800"), which no tokenizer takes."""
-    if text.isascii():  # the common case, without building the bytes
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInputError(f"{what} is not valid Unicode text: a lone surrogate U+{ord(text[exc.start]):04X} "
-                                f"at character {exc.start}", param=what.split("[", 1)[0]) from None
-    return text
+_check_text = MM.check_text
 
 
-def _text_list(value: Any, what: str) -> list[str]:
-    """A string or a list of strings -> list; anything else is a clear InvalidInputError."""
-    items = [value] if isinstance(value, (str, dict)) else value
+def _prompt_list(value: Any, what: str) -> tuple[list[Any], list[str]]:
+    """A prompt or a list of prompts -> (list, each one's name in errors: ``what`` alone, else ``what[i]``)."""
+    if isinstance(value, (str, Mapping)):
+        return [value], [what]
+    if not isinstance(value, (list, tuple)):
+        raise InvalidInputError(f"{what} must be a string or a list of strings", param=what)
+    return list(value), [f"{what}[{i}]" for i in range(len(value))]
+
+
+def _text_list(value: Any, what: str, card: ModelCard | None = None) -> list[str]:
+    """A string or a list of strings -> list; anything else (a ``{"content": [...]}`` prompt for a text model
+    included) is a clear InvalidInputError."""
+    items = [value] if isinstance(value, (str, Mapping)) else value
     if not isinstance(items, (list, tuple)):
         raise InvalidInputError(f"{what} must be a string or a list of strings")
     out = []
     for i, item in enumerate(items):
-        if isinstance(item, dict):
-            raise InvalidInputError(f"{what}[{i}]: multi-modal inputs ({{'content': [...]}}) are not supported by this model")
+        if isinstance(item, Mapping):
+            arch = card.architecture if card is not None else "this model"
+            if "messages" in item and card is not None:
+                raise InvalidInputError(_no_chat_message(card), param="messages")
+            # vLLM's words, and what to do instead.
+            raise InvalidInputError(f"{what}[{i}]: MultiModalParam is not supported for {arch} (multi-modal inputs "
+                                    "({'content': [...]}) need an image model); send text")
         if not isinstance(item, str):
             raise InvalidInputError(f"{what}[{i}] must be a string, got {type(item).__name__}")
         if item == "":
             raise InvalidInputError(f"{what}[{i}] is an empty string")
         out.append(_check_text(item, f"{what}[{i}]"))
     return out
+
+
+def refuse_cross_encoder(card: ModelCard, route: str) -> None:
+    """A cross-encoder serves score and rerank only (vl_wire.md): anything else is a 400 saying so."""
+    if card.cross_encoder:
+        raise UnsupportedTaskError(
+            f"{card.served_name} ({card.architecture}) is a cross-encoder: it scores (query, document) pairs with "
+            f"score and rerank; {route} is not served for it", param="model")
+
+
+def _no_chat_message(card: ModelCard) -> str:
+    return (f"chat-style `messages` are not supported for {card.served_name} ({card.architecture}): it has no chat "
+            "template; send text with `input` / `prompt`")
 
 
 def _check_ints(params: dict[str, Any]) -> dict[str, Any]:
@@ -104,18 +123,19 @@ def _strings(array) -> list[str]:
     return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in array]
 
 
-def _chunks(n: int, size: int = CHUNK):
-    for start in range(0, n, size):
-        yield start, min(n, start + size)
-
-
 class TrilateClient:
-    def __init__(self, url: str = "127.0.0.1:8010", protocol: str = "http", *, timeout: float = 300.0):
+    """``media`` resolves the ``image_url`` parts of prompts for image models (``multimodal.MediaResolver``; the
+    default loads ``data:`` URLs only, as ``trilate serve`` does without ``--allowed-media-domains`` /
+    ``--allowed-local-media-path``)."""
+
+    def __init__(self, url: str = "127.0.0.1:8010", protocol: str = "http", *, timeout: float = 300.0,
+                 media: MM.MediaResolver | None = None):
         if protocol not in ("http", "grpc"):
             raise ValueError("protocol must be 'http' or 'grpc'")
         self.url = url
         self.protocol = protocol
         self.timeout = timeout
+        self.media = media or MM.MediaResolver()
         self._local = threading.local()
         self._cards: dict[str, ModelCard] | None = None
         self._listed_at = 0.0
@@ -319,19 +339,37 @@ class TrilateClient:
     def _texts_array(texts: Sequence[str]) -> np.ndarray:
         return np.array([[t.encode("utf-8")] for t in texts], dtype=object)
 
-    def _encode(self, card: ModelCard, texts: list[str], outputs: Sequence[str], params: dict[str, Any]):
-        """Run the token-embed ensemble over ``texts`` in chunks; yields (start, outputs) per chunk."""
+    def _side(self, card: ModelCard, value: Any, what: str) -> MM.WireSide:
+        """The prompts of one request field as wire rows: plain texts for a text model (a structured prompt is
+        refused with vLLM's message), text / content / messages prompts with their image bytes for an image model."""
+        if not card.multimodal:
+            texts = _text_list(value, what, card)
+            return MM.WireSide([{"text": t} for t in texts], [[] for _ in texts], texts)
+        prompts, names = _prompt_list(value, what)
+        return MM.wire_side(prompts, names, self.media)
+
+    def _encode(self, card: ModelCard, side: MM.WireSide, outputs: Sequence[str], params: dict[str, Any]):
+        """Run the token-embed ensemble over the rows of ``side`` in chunks; yields (start, outputs) per chunk.
+
+        Rows go as plain text unless some prompt is structured; then every row is a JSON object
+        (``prompt_format=json``) and the rows' images travel in ``images`` [n, k] (vl_wire.md)."""
+        as_json = side.structured
         # The encoder computes only the heads these outputs need (no token vectors for a dense embedding).
-        params = {**params, C.PARAM_OUTPUTS: ",".join(outputs)}
-        for lo, hi in _chunks(len(texts)):
-            yield lo, self._infer(card.triton_name, {C.TEXT: self._texts_array(texts[lo:hi])}, outputs, params)
+        params = {**params, C.PARAM_OUTPUTS: ",".join(outputs), MM.PARAM_PROMPT_FORMAT: "json" if as_json else None}
+        for lo, hi in MM.chunks(len(side), CHUNK, side.image_bytes):
+            inputs = {C.TEXT: side.text_tensor(as_json, lo, hi)}
+            images = side.image_tensor(lo, hi)
+            if images is not None:
+                inputs[MM.IMAGES] = images
+            yield lo, self._infer(card.triton_name, inputs, outputs, params)
 
     # -- public API --------------------------------------------------------------------------------
     def pooling(
         self,
         model: str | None,
-        input: str | Sequence[str],
+        input: Any = None,
         *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
         task: str | None = None,
         embedding_mode: str | None = None,
         truncate_prompt_tokens: int | None = None,
@@ -339,23 +377,45 @@ class TrilateClient:
         use_activation: bool | None = None,
         add_special_tokens: bool | None = None,
         dimensions: int | None = None,
+        field: str = "input",
     ) -> PoolingResult:
         """vLLM's ``/pooling``: ``token_embed`` (per-token vectors) or ``embed`` (one vector per input).
 
+        ``input``: a prompt or a list of prompts; image models also take ``{"content": [parts]}`` and
+        ``{"messages": [...]}`` prompts (``trilate.multimodal``).  ``messages``: one chat conversation, one output
+        (vLLM's chat form; image models only); chat prompts default to ``add_special_tokens=False`` as in vLLM.
         ``embedding_mode`` ("query" | "document") applies the checkpoint's ColBERT conventions
         (PyLate's); without it every token comes back, as in vLLM.  ``dimensions`` picks a smaller
         output size on models trained for it (matryoshka, e.g. jina-colbert-v2: 128, 96, 64).
+        ``field``: the name of ``input`` in error messages (a REST request's own).
         """
         card = self.model(model)
+        refuse_cross_encoder(card, "pooling")
         task = task or ("token_embed" if "token_embed" in card.tasks else card.tasks[0])
         if task not in card.tasks:
             raise UnsupportedTaskError(f"Unsupported task: {task!r} Supported tasks: {list(card.tasks)}", param="task")
         if embedding_mode is not None and not card.embedding_modes:
             raise InvalidInputError(f"embedding_mode is only available for ColBERT checkpoints with PyLate or "
                                     f"Stanford conventions; {card.served_name} has none", param="embedding_mode")
-        texts = _text_list(input, "input")
-        if not texts:
-            raise InvalidInputError("input must not be empty", param="input")
+        if (input is None) == (messages is None):
+            raise InvalidInputError("give `input` (prompts) or `messages` (one chat conversation), not both",
+                                    param="input")
+        if messages is not None:
+            if not card.multimodal:
+                raise InvalidInputError(_no_chat_message(card), param="messages")
+            side = MM.wire_side([{"messages": messages}], ["messages"], self.media)
+        else:
+            side = self._side(card, input, field)
+        if not len(side):
+            raise InvalidInputError(f"{field} must not be empty", param=field)
+        kinds = {MM.kind_of(p) for p in side.prompts}
+        if "messages" in kinds:
+            if len(kinds) > 1:
+                raise InvalidInputError(f"{field} mixes chat conversations ({{'messages': [...]}}) with other "
+                                        "prompts; send them in separate calls (their add_special_tokens defaults "
+                                        "differ)", param=field)
+            if add_special_tokens is None:
+                add_special_tokens = False  # vLLM's chat form: the template writes the special tokens
         params = {C.PARAM_EMBEDDING_MODE: embedding_mode, C.PARAM_TRUNCATE_PROMPT_TOKENS: truncate_prompt_tokens,
                   C.PARAM_TRUNCATION_SIDE: truncation_side, C.PARAM_USE_ACTIVATION: use_activation,
                   C.PARAM_ADD_SPECIAL_TOKENS: add_special_tokens, C.PARAM_DIMENSIONS: dimensions}
@@ -367,7 +427,7 @@ class TrilateClient:
             "token_classify": (C.SPARSE_WEIGHTS, C.NUM_SPARSE_WEIGHTS),
             "embed&token_classify": (C.EMBEDDINGS, C.SPARSE_WEIGHTS, C.NUM_SPARSE_WEIGHTS),
         }[task] + (C.PROMPT_TOKENS,)
-        for lo, out in self._encode(card, texts, outs, params):
+        for lo, out in self._encode(card, side, outs, params):
             prompt += int(out[C.PROMPT_TOKENS].sum())
             for i in range(out[C.PROMPT_TOKENS].shape[0]):
                 parts = []
@@ -382,7 +442,7 @@ class TrilateClient:
                                          prompt_tokens=int(out[C.PROMPT_TOKENS][i, 0])))
         return PoolingResult(model=card.served_name, task=task, data=items, usage=Usage(prompt, prompt))
 
-    def token_embed(self, model: str | None, input: str | Sequence[str], **kwargs) -> list[np.ndarray]:
+    def token_embed(self, model: str | None, input: Any, **kwargs) -> list[np.ndarray]:
         """Per-token vectors, one (n_tokens, dim) array per input."""
         return [item.data for item in self.pooling(model, input, task="token_embed", **kwargs).data]
 
@@ -393,13 +453,13 @@ class TrilateClient:
         if "token_classify" not in card.tasks:
             raise UnsupportedTaskError(f"Unsupported task: 'token_classify' Supported tasks: {list(card.tasks)}",
                                        param="task")
-        texts = _text_list(input, "input")
-        if not texts:
+        side = self._side(card, input, "input")
+        if not len(side):
             raise InvalidInputError("input must not be empty", param="input")
         params = {C.PARAM_TRUNCATE_PROMPT_TOKENS: kwargs.get("truncate_prompt_tokens"),
                   C.PARAM_TRUNCATION_SIDE: kwargs.get("truncation_side")}
         result = []
-        for _, out in self._encode(card, texts, (C.LEXICAL_IDS, C.LEXICAL_WEIGHTS, C.LEXICAL_TOKENS, C.NUM_LEXICAL), params):
+        for _, out in self._encode(card, side, (C.LEXICAL_IDS, C.LEXICAL_WEIGHTS, C.LEXICAL_TOKENS, C.NUM_LEXICAL), params):
             for i in range(out[C.NUM_LEXICAL].shape[0]):
                 k = int(out[C.NUM_LEXICAL][i, 0])
                 tokens = _strings(out[C.LEXICAL_TOKENS][i, :k])
@@ -410,54 +470,71 @@ class TrilateClient:
     def embed(
         self,
         model: str | None,
-        input: str | Sequence[str],
+        input: Any = None,
         *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
         truncate_prompt_tokens: int | None = None,
         truncation_side: str | None = None,
         use_activation: bool | None = None,
+        add_special_tokens: bool | None = None,
         dimensions: int | None = None,
     ) -> EmbeddingResult:
-        """vLLM's ``/v1/embeddings``: one pooled, L2-normalised vector per input (bi-encoders only)."""
+        """vLLM's ``/v1/embeddings``: one pooled, L2-normalised vector per input (bi-encoders only); ``input`` and
+        ``messages`` as for :meth:`pooling`."""
         card = self.model(model)
+        refuse_cross_encoder(card, "embed")
         if "embed" not in card.tasks:
             raise UnsupportedTaskError(
                 f"Unsupported task: 'embed' Supported tasks: {list(card.tasks)} "
                 f"({card.architecture} returns per-token vectors; use pooling with task='token_embed')", param="model")
-        result = self.pooling(card.served_name, input, task="embed", truncate_prompt_tokens=truncate_prompt_tokens,
-                              truncation_side=truncation_side, use_activation=use_activation, dimensions=dimensions)
+        result = self.pooling(card.served_name, input, messages=messages, task="embed",
+                              truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side,
+                              use_activation=use_activation, add_special_tokens=add_special_tokens,
+                              dimensions=dimensions)
         return EmbeddingResult(model=result.model, data=[EmbeddingItem(i.index, i.data) for i in result.data],
                                usage=result.usage)
 
     def score(
         self,
         model: str | None,
-        text_1: str | Sequence[str],
-        text_2: str | Sequence[str],
+        text_1: Any,
+        text_2: Any,
         *,
         truncate_prompt_tokens: int | None = None,
         use_activation: bool | None = None,
         dimensions: int | None = None,
         score_mode: str | None = None,
         score_weights: Sequence[float] | None = None,
+        fields: tuple[str, str] = ("text_1", "text_2"),
     ) -> ScoreResult:
         """vLLM's ``/score``: 1:1, 1:N (first side broadcast) or N:N (zipped) pairs, in pair order.
 
-        Late-interaction models score with MaxSim (sum over query tokens), bi-encoders with cosine.
+        Each side is a prompt or a list; image models take ``{"content": [parts]}`` prompts too (vLLM's
+        ``ScoreInput``).  Late-interaction models score with MaxSim (sum over query tokens), bi-encoders with
+        cosine, cross-encoders (``card.cross_encoder``) one forward pass per (query, document) pair: the client
+        expands 1:N to N pairs and usage is the sum of the pair prompts' tokens.
         BGE-M3 takes ``score_mode`` ("dense" by default, as vLLM; "sparse", "colbert", "sparse+dense",
         "colbert+sparse+dense") and ``score_weights`` (dense, sparse, colbert) as FlagEmbedding's
-        ``compute_score`` does.
+        ``compute_score`` does.  ``fields``: the two sides' names in error messages (a REST request's own).
         """
         card = self.model(model)
-        queries = _text_list(text_1, "text_1")
-        documents = _text_list(text_2, "text_2")
-        if not queries:
-            raise InvalidInputError("At least one text element must be given", param="text_1")
-        if not documents:
-            raise InvalidInputError("At least one text_pair element must be given", param="text_2")
+        first, second = fields
+        queries = self._side(card, text_1, first)
+        documents = self._side(card, text_2, second)
+        if not len(queries):
+            raise InvalidInputError("At least one text element must be given", param=first)
+        if not len(documents):
+            raise InvalidInputError("At least one text_pair element must be given", param=second)
         if len(queries) != 1 and len(queries) != len(documents):
             raise InvalidInputError("Input lengths must be either 1:1, 1:N or N:N")
+        for side in (queries, documents):
+            if any(MM.kind_of(p) == "messages" for p in side.prompts):
+                raise InvalidInputError("score inputs are strings or {'content': [...]} objects, not chat "
+                                        "`messages`", param=first if side is queries else second)
+        as_json = queries.structured or documents.structured
         params = {C.PARAM_TRUNCATE_PROMPT_TOKENS: truncate_prompt_tokens, C.PARAM_USE_ACTIVATION: use_activation,
-                  C.PARAM_DIMENSIONS: dimensions, C.PARAM_PURPOSE: "score"}
+                  C.PARAM_DIMENSIONS: dimensions, C.PARAM_PURPOSE: "score",
+                  MM.PARAM_PROMPT_FORMAT: "json" if as_json else None}
         if score_mode is not None or score_weights is not None:
             if "token_classify" not in card.tasks:
                 raise InvalidInputError("score_mode and score_weights are for BGE-M3 models", param="score_mode")
@@ -467,6 +544,11 @@ class TrilateClient:
         if "token_classify" in card.tasks and params.get(C.PARAM_SCORE_MODE) is None:
             # BGE-M3's default made explicit, so its encoder runs the dense head only.
             params[C.PARAM_SCORE_MODE] = "dense"
+        if card.cross_encoder and len(queries) == 1 and len(documents) > 1:
+            # The server scores pair i = (queries[i], documents[i]): 1:N becomes N equal rows.
+            n = len(documents)
+            queries = MM.WireSide(queries.objects * n, queries.images * n, queries.prompts * n)
+        broadcast = len(queries) == 1 and len(documents) > 1
         scores: list[float] = []
         prompt = 0
         pad = 1 if card.has_pad_token else 0
@@ -479,12 +561,19 @@ class TrilateClient:
                 with self.bounded(*budget):
                     return chunk(bounds)
             lo, hi = bounds
-            q = queries if len(queries) == 1 else queries[lo:hi]
-            return self._infer(C.stage_name(card.triton_name, "score"),
-                               {C.QUERIES: self._texts_array(q), C.DOCUMENTS: self._texts_array(documents[lo:hi])},
-                               outs, params)
+            q_lo, q_hi = (0, 1) if broadcast else (lo, hi)
+            inputs = {C.QUERIES: queries.text_tensor(as_json, q_lo, q_hi),
+                      C.DOCUMENTS: documents.text_tensor(as_json, lo, hi)}
+            for name, side, a, b in ((MM.QUERY_IMAGES, queries, q_lo, q_hi), (MM.DOCUMENT_IMAGES, documents, lo, hi)):
+                images = side.image_tensor(a, b)
+                if images is not None:
+                    inputs[name] = images
+            return self._infer(C.stage_name(card.triton_name, "score"), inputs, outs, params)
 
-        bounds = list(_chunks(len(documents)))
+        def cost(i: int) -> int:
+            return documents.image_bytes(i) + (0 if broadcast else queries.image_bytes(i))
+
+        bounds = list(MM.chunks(len(documents), CHUNK, cost))
         if len(bounds) == 1:
             results = [chunk(bounds[0])]
         else:  # in flight together, so Triton's dynamic batcher packs them into shared forward passes
@@ -493,9 +582,13 @@ class TrilateClient:
             with ThreadPoolExecutor(max_workers=min(len(bounds), 8)) as pool:
                 results = list(pool.map(chunk, bounds))
         for out in results:
-            scores.extend(float(s) for s in out[C.SCORES])
+            scores.extend(float(s) for s in out[C.SCORES].reshape(-1))
             q_tokens = out[C.QUERY_PROMPT_TOKENS].reshape(-1)
             d_tokens = out[C.DOCUMENT_PROMPT_TOKENS].reshape(-1)
+            if card.cross_encoder:
+                # vLLM: the sum over pair prompts (document_prompt_tokens are zeros by the wire contract).
+                prompt += int(q_tokens.sum()) + int(d_tokens.sum())
+                continue
             # vLLM (0.18-0.20) counts every pair: query + pad + document tokens.
             for j in range(len(d_tokens)):
                 prompt += int(q_tokens[0 if len(q_tokens) == 1 else j]) + pad + int(d_tokens[j])
@@ -505,8 +598,8 @@ class TrilateClient:
     def rerank(
         self,
         model: str | None,
-        query: str,
-        documents: Sequence[str],
+        query: Any,
+        documents: Any,
         *,
         top_n: int | None = None,
         truncate_prompt_tokens: int | None = None,
@@ -515,21 +608,30 @@ class TrilateClient:
         score_mode: str | None = None,
         score_weights: Sequence[float] | None = None,
     ) -> RerankResult:
-        """vLLM's ``/rerank``: documents sorted by score (stable), cut to ``top_n`` when 0 < top_n < N."""
-        if not isinstance(query, str):
+        """vLLM's ``/rerank``: documents sorted by score (stable), cut to ``top_n`` when 0 < top_n < N.
+
+        Image models take ``{"content": [parts]}`` for the query and the documents; such a document comes back as
+        ``RerankDocument(text=None, multi_modal=<its parts as sent>)``, as vLLM echoes it."""
+        if not isinstance(query, (str, Mapping)):
             raise InvalidInputError("query must be a string", param="query")
-        _check_text(query, "query")
-        docs = _text_list(documents, "documents")
+        if isinstance(query, str):
+            _check_text(query, "query")
+        docs, _ = _prompt_list(documents, "documents")
         if not docs:
             raise InvalidInputError("At least one text_pair element must be given", param="documents")
         result = self.score(model, query, docs, truncate_prompt_tokens=truncate_prompt_tokens,
                             use_activation=use_activation, dimensions=dimensions, score_mode=score_mode,
-                            score_weights=score_weights)
+                            score_weights=score_weights, fields=("query", "documents"))
         order = sorted(range(len(docs)), key=lambda i: -result.data[i].score)
         if top_n is not None and 0 < top_n < len(docs):
             order = order[:top_n]
-        items = [RerankItem(index=i, document=RerankDocument(text=docs[i]), relevance_score=result.data[i].score)
-                 for i in order]
+
+        def echo(doc: Any) -> RerankDocument:
+            if isinstance(doc, Mapping):
+                return RerankDocument(text=None, multi_modal=list(doc["content"]))
+            return RerankDocument(text=doc)
+
+        items = [RerankItem(index=i, document=echo(docs[i]), relevance_score=result.data[i].score) for i in order]
         return RerankResult(model=result.model, results=items, usage=result.usage)
 
     def tokenize(self, model: str | None, prompt: str, *, add_special_tokens: bool = True,

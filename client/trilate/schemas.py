@@ -57,7 +57,8 @@ def _check_bounds(value: Any, field: str, bounds: Bounds, depth: int = 0, texts:
         if texts:
             for item in value:
                 _check_bounds(item, field, bounds, depth + 1)
-    elif isinstance(value, dict) and depth < 3:
+    elif isinstance(value, dict) and depth < 5:  # a text part of a chat message is 4 levels down
+        # Never an image_url: a data: URL is bounded by --max-request-bytes (and the media limits), not as text.
         for key in ("text", "content"):
             if key in value:
                 _check_bounds(value[key], field, bounds, depth + 1)
@@ -83,7 +84,8 @@ class _Request(BaseModel):
 # -- inputs of /score and /rerank ----------------------------------------------------------------------
 
 class ScoreMultiModalParam(_Request):
-    """``{"content": [parts]}``: OpenAI chat content parts (``text``, ``image_url``, ...)."""
+    """``{"content": [parts]}``: OpenAI chat content parts (``text``; ``image_url`` with a ``data:`` URL, or an
+    http(s) / ``file:`` URL the server allows), for image models; a text model answers 400."""
 
     content: list[dict[str, Any]]
 
@@ -176,7 +178,10 @@ class PoolingRequest(_Common, _Encoding):
     model_config = ConfigDict(extra="allow", json_schema_extra={"anyOf": [{"required": ["input"]}, {"required": ["messages"]}]})
 
     input: str | list[str] | None = None
-    messages: list[dict[str, Any]] | None = None
+    messages: list[dict[str, Any]] | None = Field(
+        default=None, description="one chat conversation, one output (image models): roles free-form (query, "
+                                  "document, user ...), content a string or text / image_url parts")
+    chat_template_kwargs: dict[str, Any] | None = Field(default=None, description="not supported yet (400 when set)")
     task: PoolingTask | None = None
     embedding_mode: Literal["query", "document"] | None = Field(
         default=None, description="ColBERT checkpoints with PyLate or Stanford conventions (trilate extension): "
@@ -207,7 +212,8 @@ CohereEmbeddingType = Literal["float", "base64", "binary", "ubinary", "int8", "u
 
 
 class CohereEmbedRequest(_Request):
-    """Cohere's ``POST /v2/embed`` (what vLLM serves there; ``texts`` or ``inputs``, text only for now)."""
+    """Cohere's ``POST /v2/embed`` (what vLLM serves there): ``texts``, ``images`` (data: URLs, image models) or
+    ``inputs`` (text / image_url parts; images for image models)."""
 
     BOUNDED = ("texts", "images", "inputs")
 
@@ -215,8 +221,10 @@ class CohereEmbedRequest(_Request):
     input_type: str | None = Field(default=None, description="picks a prefix from the checkpoint's "
                                    "task_instructions (config.json) or prompts (config_sentence_transformers.json)")
     texts: list[str] | None = None
-    images: list[str] | None = Field(default=None, description="not served yet (text models only): 400")
-    inputs: list[CohereEmbedInput] | None = Field(default=None, description="one text part per input")
+    images: list[str] | None = Field(default=None, description="image models: one image per input, as a data: URL "
+                                     "(text models: 400)")
+    inputs: list[CohereEmbedInput] | None = Field(default=None, description="text models: one text part per input; "
+                                                  "image models: text and image_url parts")
     output_dimension: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = None
     embedding_types: list[CohereEmbeddingType] | None = Field(
         default=None, description="default [\"float\"]; int8 / uint8 are refused (400): their quantisation is "
@@ -231,7 +239,10 @@ class EmbeddingRequest(_Common, _Encoding):
     model_config = ConfigDict(extra="allow", json_schema_extra={"anyOf": [{"required": ["input"]}, {"required": ["messages"]}]})
 
     input: str | list[str] | None = None
-    messages: list[dict[str, Any]] | None = None
+    messages: list[dict[str, Any]] | None = Field(
+        default=None, description="one chat conversation, one embedding (image models): roles free-form (query, "
+                                  "document, user ...), content a string or text / image_url parts")
+    chat_template_kwargs: dict[str, Any] | None = Field(default=None, description="not supported yet (400 when set)")
     dimensions: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = None
     add_special_tokens: bool | None = None
 

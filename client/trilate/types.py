@@ -16,13 +16,15 @@ class ModelCard:
     served_name: str
     triton_name: str
     architecture: str
-    score_type: str  # "late-interaction" | "bi-encoder"
+    score_type: str  # "late-interaction" | "bi-encoder" | "cross-encoder"
     tasks: tuple[str, ...]
     dim: int
     max_model_len: int
     embedding_modes: bool
     has_pad_token: bool
     matryoshka_dimensions: tuple[int, ...] = ()
+    multimodal: bool = False  # image inputs accepted (vl_wire.md: prompt_format=json rows + images tensors)
+    cross_encoder: bool = False  # /score and /rerank send expanded pairs to <m>__score; no /pooling
     # Cohere input_type -> text prefix; left out of the hash so that a card stays hashable
     prompts: dict[str, str] = field(default_factory=dict, hash=False)
 
@@ -40,6 +42,8 @@ class ModelCard:
             embedding_modes=bool(data.get("embedding_modes", False)),
             has_pad_token=bool(data.get("has_pad_token", True)),
             matryoshka_dimensions=tuple(data.get("matryoshka_dimensions", ())),
+            multimodal=bool(data.get("multimodal", False)),
+            cross_encoder=bool(data.get("cross_encoder", False)),
             prompts=dict(data.get("prompts") or {}),
         )
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from .. import schemas as S
 from ..client import TrilateClient
 from ..errors import DeadlineExceededError, RequestCancelledError, TrilateError
+from ..multimodal import MediaResolver
 from .errors import APIError, RouteNotFound, error_body, error_response, lone_surrogate, validation_message
 from .limits import Guard, Limits
 from .metrics import METRICS_MEDIA, Metrics
@@ -63,6 +64,7 @@ def create_app(
     client: TrilateClient | None = None,
     model_repository: str | Path | None = None,
     unhealthy: Callable[[], dict[str, str]] | None = None,
+    media: MediaResolver | None = None,
 ):
     """The REST app over tritonserver at ``triton_url`` (``protocol`` "grpc" or "http").
 
@@ -71,6 +73,7 @@ def create_app(
     ``model_repository``: the repository tritonserver serves, where /detokenize finds the tokenizers.
     ``unhealthy``: the supervisor's view (Triton model name -> why it cannot answer), for ``/health`` and
     for answering 503 instead of 500 / 404 while a model is being restarted.
+    ``media``: which image URLs image models' requests may name (default: data: URLs only).
     """
     import anyio
     from fastapi import FastAPI, Request
@@ -80,7 +83,7 @@ def create_app(
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     limits = limits or Limits()
-    client = client or TrilateClient(triton_url, protocol=protocol)
+    client = client or TrilateClient(triton_url, protocol=protocol, media=media)
     metrics = Metrics()
     service = Service(client, limits, metrics, created=int(time.time()),
                       model_repository=None if model_repository is None else Path(model_repository).resolve())

@@ -8,6 +8,7 @@ import threading
 import time
 
 from .app import create_app
+from ..multimodal import add_media_arguments, media_from_args
 from .limits import add_limit_arguments, limits_from_args
 
 
@@ -76,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-repository", default=None,
                         help="the repository tritonserver serves (for /detokenize, which reads the tokenizers)")
     add_limit_arguments(parser)
+    add_media_arguments(parser)
     args = parser.parse_args(argv)
     import uvicorn
 
     app = create_app(args.triton_url, args.protocol, metrics_url=args.metrics_url, limits=limits_from_args(args),
-                     model_repository=args.model_repository)
+                     model_repository=args.model_repository, media=media_from_args(args))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level, timeout_keep_alive=30)
     return 0

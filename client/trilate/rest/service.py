@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import schemas as S
-from ..client import TrilateClient
+from ..client import TrilateClient, refuse_cross_encoder
 from ..errors import TrilateError
 from ..types import ModelCard
 from .encodings import JSON_MEDIA, dumps, encode_payload, tensor_bytes
@@ -78,6 +78,19 @@ class Service:
             raise APIError(f"Got priority {req.priority} but Priority scheduling is not enabled.", param="priority")
 
     @staticmethod
+    def _scores(card: ModelCard) -> None:
+        """vLLM registers /score and /rerank for embedding, token-embedding and cross-encoder models only."""
+        if "embed" not in card.tasks and "token_embed" not in card.tasks and not card.cross_encoder:
+            raise RouteNotFound
+
+    @staticmethod
+    def _chat_options(req) -> None:
+        kwargs = getattr(req, "chat_template_kwargs", None)
+        if kwargs:
+            raise APIError("chat_template_kwargs is not supported by trilate yet: the server renders each model's "
+                           "chat template with its defaults; leave the field out", param="chat_template_kwargs")
+
+    @staticmethod
     def _no_chat(card: ModelCard, param: str = "messages") -> None:
         raise APIError(f"chat-style `messages` are not supported for {card.served_name} ({card.architecture}): it "
                        f"has no chat template; send text with `input` / `prompt`", param=param)
@@ -88,15 +101,15 @@ class Service:
         side_1, side_2 = _plain(getattr(req, first)), _plain(getattr(req, second))
         self._items(max(len(_as_list(side_1)), len(_as_list(side_2))), second)
         card = self._card(req.model)
-        if "embed" not in card.tasks and "token_embed" not in card.tasks:
-            raise RouteNotFound
+        self._scores(card)
         self._priority(req)
         # vLLM 0.18-0.20 tokenises score inputs with the HF tokenizer directly: left truncation is not
         # applied there (an over-long item then fails the length check).
         truncate = None if req.truncation_side == "left" else req.truncate_prompt_tokens
         try:
             result = self.client.score(card.served_name, side_1, side_2, truncate_prompt_tokens=truncate,
-                                       use_activation=req.use_activation, **_score_extras(req))
+                                       use_activation=req.use_activation, fields=(first, second),
+                                       **_score_extras(req))
         except TrilateError as exc:  # the library names the sides text_1 / text_2; use the request's names
             exc.param = {"text_1": first, "text_2": second}.get(exc.param or "", exc.param)
             raise
@@ -111,8 +124,7 @@ class Service:
         documents = [_plain(d) for d in _as_list(req.documents)]
         self._items(len(documents), "documents")
         card = self._card(req.model)
-        if "embed" not in card.tasks and "token_embed" not in card.tasks:
-            raise RouteNotFound
+        self._scores(card)
         self._priority(req)
         truncate = None if req.truncation_side == "left" else req.truncate_prompt_tokens
         result = self.client.rerank(card.served_name, _plain(req.query), documents, top_n=req.top_n,
@@ -135,6 +147,8 @@ class Service:
 
     def embeddings(self, req: S.EmbeddingRequest, rid: str) -> Reply:
         card = self._card(req.model)
+        if card.cross_encoder:  # the wire contract: a 400 that says where its scores are, not a bare 404
+            refuse_cross_encoder(card, "/v1/embeddings")
         if "embed" not in card.tasks:
             raise RouteNotFound
         return self._vectors(card, req, "embed", f"embd-{rid}", "/v1/embeddings", "embedding", "embedding")
@@ -144,12 +158,16 @@ class Service:
         """/pooling and /v1/embeddings: the library's pooling call, then vLLM's encodings."""
         self._priority(req)
         if req.input is None:
-            self._no_chat(card)
-        inputs = req.input
-        self._items(len(_as_list(inputs)), "input")
+            if not card.multimodal:
+                self._no_chat(card)
+            self._chat_options(req)
+        else:
+            self._items(len(_as_list(req.input)), "input")
         mode = req.embedding_mode if isinstance(req, S.PoolingRequest) else None
+        # `messages` is one conversation, one output; the library defaults its add_special_tokens to false, as vLLM.
         result = self.client.pooling(
-            card.served_name, inputs, task=task, embedding_mode=mode, truncate_prompt_tokens=req.truncate_prompt_tokens,
+            card.served_name, req.input, messages=req.messages if req.input is None else None, task=task,
+            embedding_mode=mode, truncate_prompt_tokens=req.truncate_prompt_tokens,
             truncation_side=req.truncation_side, use_activation=req.use_activation,
             add_special_tokens=req.add_special_tokens, dimensions=req.dimensions)
         self.metrics.add_tokens(route, result.model, result.usage.prompt_tokens)
@@ -172,9 +190,11 @@ class Service:
         self._priority(req)
         if req.texts is None and req.images is None and req.inputs is None:
             raise APIError("One of texts, images, or inputs must be provided", param="texts")
-        if req.images is not None:
-            raise APIError(f"images are not supported by trilate yet ({card.served_name} embeds text; image "
-                           "inputs come with the image models); send texts", param="images")
+        if req.images is not None and not card.multimodal:
+            raise APIError(f"images are not supported by trilate yet for {card.served_name} (it embeds text; image "
+                           "inputs need an image model); send texts", param="images")
+        if req.images is not None and (req.texts is not None or req.inputs is not None):
+            raise APIError("give one of texts, images or inputs, not several", param="images")
         types = list(dict.fromkeys(req.embedding_types or ["float"]))
         quantised = [t for t in types if t in ("int8", "uint8")]
         if quantised:
@@ -183,7 +203,17 @@ class Service:
                            param="embedding_types")
         prefix = self._cohere_prefix(card, req.input_type)
         echo = None
-        if req.inputs is not None:
+        texts: list[Any]
+        if req.images is not None:
+            texts = [self._cohere_chat(prefix, [{"type": "image_url", "image_url": {"url": url}}])
+                     for url in req.images]
+            param = "images"
+        elif req.inputs is not None and card.multimodal and any(
+                part.type == "image_url" for item in req.inputs for part in item.content):
+            texts = [self._cohere_chat(prefix, [self._cohere_part(part) for part in item.content])
+                     for item in req.inputs]
+            param = "inputs"
+        elif req.inputs is not None:
             texts = [prefix + self._cohere_input_text(card, i, item) for i, item in enumerate(req.inputs)]
             param = "inputs"
         else:
@@ -199,7 +229,7 @@ class Service:
         side = "left" if req.truncate == "START" else None
         try:
             result = self.client.pooling(card.served_name, texts, task="embed", truncate_prompt_tokens=truncate,
-                                         truncation_side=side, dimensions=req.output_dimension)
+                                         truncation_side=side, dimensions=req.output_dimension, field=param)
         except TrilateError as exc:
             exc.param = {"input": param, "dimensions": "output_dimension",
                          "truncate_prompt_tokens": "max_tokens"}.get(exc.param or "", exc.param)
@@ -244,6 +274,19 @@ class Service:
             raise APIError(f"Unsupported input_type {input_type!r}. Supported values: "
                            f"{', '.join(sorted(card.prompts))}", param="input_type")
         return card.prompts[input_type]
+
+    @staticmethod
+    def _cohere_chat(prefix: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """One Cohere input with images for an image model: one chat conversation, rendered by the model's template.
+        As vLLM does (PR #41782), the input_type prefix is a system message before the user's content."""
+        messages: list[dict[str, Any]] = [{"role": "system", "content": prefix}] if prefix else []
+        return {"messages": messages + [{"role": "user", "content": parts}]}
+
+    @staticmethod
+    def _cohere_part(part: S.CohereEmbedContent) -> dict[str, Any]:
+        if part.type == "image_url":
+            return {"type": "image_url", "image_url": part.image_url}
+        return {"type": "text", "text": part.text}
 
     @staticmethod
     def _cohere_input_text(card: ModelCard, index: int, item: S.CohereEmbedInput) -> str:
