@@ -116,3 +116,29 @@ def score_ensemble(name: str, info: ModelInfo, query_preprocess: str, document_p
     inputs.update({f"document_{n}": d[n] for n in wanted})
     config.ensemble_scheduling.step.extend(q_steps + d_steps + [_step(scorer, inputs, {C.SCORES: C.SCORES})])
     return config
+
+
+def cross_encoder_score_ensemble(name: str, info: ModelInfo) -> mc.ModelConfig:
+    """``<m>__score`` of a cross-encoder: pair rows -> pair preprocess -> encoder -> one score per pair.
+
+    Not batching itself (max_batch_size 0, like the bi-encoder score ensemble); its steps are, with the pair as
+    the batch row, so the pairs of concurrent requests share the encoder's forward passes."""
+    config = mc.ModelConfig(name=C.stage_name(name, "score"), platform="ensemble", max_batch_size=0)
+    for side in (C.QUERIES, C.DOCUMENTS):
+        config.input.append(io_tensor(C.TensorSpec(side, "STRING", (-1, 1)), mc.ModelInput))
+    for side in (C.QUERY_IMAGES, C.DOCUMENT_IMAGES):
+        config.input.append(io_tensor(C.TensorSpec(side, "STRING", (-1, -1), optional=True), mc.ModelInput))
+    config.output.extend(io_tensor(spec, mc.ModelOutput) for spec in (
+        C.TensorSpec(C.SCORES, "FP32", (-1, 1)),
+        C.TensorSpec(C.QUERY_PROMPT_TOKENS, "INT32", (-1, 1)),
+        C.TensorSpec(C.DOCUMENT_PROMPT_TOKENS, "INT32", (-1, 1)),
+    ))
+    wires = {n: f"_{n}" for n in _features(info)}
+    pre_in = {n: n for n in (C.QUERIES, C.DOCUMENTS, C.QUERY_IMAGES, C.DOCUMENT_IMAGES)}
+    config.ensemble_scheduling.step.extend([
+        _step(C.stage_name(name, "pair_preprocess"), pre_in,
+              {**wires, C.PROMPT_TOKENS: C.QUERY_PROMPT_TOKENS, C.DOCUMENT_PROMPT_TOKENS: C.DOCUMENT_PROMPT_TOKENS}),
+        _step(C.stage_name(name, "encoder"), wires, {C.SCORES: C.SCORES}),
+    ])
+    config.parameters[C.MODEL_CARD_PARAMETER].string_value = model_card_parameter(info)
+    return config

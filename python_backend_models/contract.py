@@ -146,6 +146,34 @@ def preprocess_spec(multimodal: bool = False) -> StageSpec:
     )
 
 
+# Cross-encoders (Nemotron VL rerank): pair i = (queries[i], documents[i]) -> one prompt through the score template.
+PAIR_PREPROCESS = StageSpec(
+    kind="pair_preprocess",
+    inputs=(
+        TensorSpec(QUERIES, "STRING", (1,)),
+        TensorSpec(DOCUMENTS, "STRING", (1,)),
+        TensorSpec(QUERY_IMAGES, "STRING", (-1,), ragged=True, optional=True),
+        TensorSpec(DOCUMENT_IMAGES, "STRING", (-1,), ragged=True, optional=True),
+    ),
+    outputs=(
+        TensorSpec(INPUT_IDS, "INT64", (-1,)),
+        TensorSpec(ATTENTION_MASK, "INT64", (-1,)),
+        TensorSpec(OUTPUT_MASK, "BOOL", (-1,)),
+        TensorSpec(PROMPT_TOKENS, "INT32", (1,)),  # the pair prompt's tokens (usage)
+        TensorSpec(DOCUMENT_PROMPT_TOKENS, "INT32", (1,)),  # zeros: a pair is counted once, on the query side
+        *_PIXEL_OUTPUTS,
+    ),
+    adapter="preprocess:PairPreprocessModel",
+)
+
+
+def cross_encoder_spec() -> StageSpec:
+    """The encoder of a cross-encoder: pair prompts in, one score per pair out."""
+    spec = encoder_spec(1, None, multimodal=True)
+    return StageSpec(kind="encoder", inputs=spec.inputs, outputs=(TensorSpec(SCORES, "FP32", (1,)),),
+                     adapter=spec.adapter)
+
+
 def encoder_spec(dim: int, pooled_dim: int | None, sparse: bool = False, multimodal: bool = False) -> StageSpec:
     """``dim`` is -1 for models whose requests may pick a smaller (matryoshka) size; ``pooled_dim`` is
     None for models without a pooled vector; ``sparse`` adds BGE-M3's per-position weights; ``multimodal``

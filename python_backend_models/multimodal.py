@@ -214,24 +214,66 @@ class MultimodalPreprocessor:
                                          add_generation_prompt=False, **dict(chat_template_kwargs or {}))
         return text, n
 
+    def render_pair(self, query: Prompt, document: Prompt, row: int, query_images: int) -> tuple[str, int]:
+        """A cross-encoder's pair prompt: the template over ``[{"role": "query"}, {"role": "document"}]``."""
+        if query_images:
+            raise InputError(f"pair {row}: the query holds an image; a rerank query must be text (images go in "
+                             "the documents)")
+        if self.chat_template is None:
+            raise InputError("this cross-encoder has no score template; start the server with --chat-template PATH")
+        messages = []
+        for role, prompt in (("query", query), ("document", document)):
+            if prompt.kind == "messages":
+                raise InputError(f"pair {row}: a {role} must be a text or a content list, not messages")
+            messages.append({"role": role, "content": prompt.value})
+        rendered, n = template_messages(messages, self.chat_template.content_format,
+                                        image_placeholder=self.layout.placeholder,
+                                        placeholder_separator=self.placeholder_separator)
+        return self.chat_template.render(rendered, bos_token=self.bos_token, eos_token=self.eos_token), n
+
+    def encode_pairs(self, queries: Sequence[str], documents: Sequence[str], query_images: Sequence[Sequence[bytes]],
+                     document_images: Sequence[Sequence[bytes]], *, prompt_format: str | None = None,
+                     truncate_prompt_tokens: int | None = None) -> MultimodalEncoded:
+        """Pair ``i`` = (queries[i], documents[i]) as one prompt each, tokenised with special tokens."""
+        if len(queries) != len(documents):
+            raise InputError(f"a cross-encoder scores pairs: {len(queries)} queries but {len(documents)} documents "
+                             "(send equal counts; the client expands 1:N)")
+        texts, files = [], []
+        for i, (q, d) in enumerate(zip(queries, documents)):
+            q_files = _files(query_images, i)
+            text, n = self.render_pair(parse_prompt(q, prompt_format, i), parse_prompt(d, prompt_format, i), i,
+                                       len(q_files))
+            texts.append(text)
+            files.append(_files(document_images, i))
+            if len(files[-1]) != n:
+                raise InputError(f"document {i} has {n} image part(s) but {len(files[-1])} image(s) came with it")
+        return self._encode_texts(texts, files, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side="right",
+                                  add_special_tokens=True, purpose="score")
+
     def encode(self, rows: Sequence[str], images: Sequence[Sequence[bytes]], *, prompt_format: str | None = None,
                truncate_prompt_tokens: int | None = None, truncation_side: str = "right",
                add_special_tokens: bool = True, purpose: str = "embedding",
                chat_template_kwargs: Mapping[str, Any] | None = None) -> MultimodalEncoded:
         """``images[i]``: row i's encoded image files, in placeholder order (empty elements are padding)."""
-        texts, processed = [], []
+        texts, files = [], []
         for i, raw in enumerate(rows):
-            prompt = parse_prompt(raw, prompt_format, i)
-            text, n = self.render(prompt, i, chat_template_kwargs)
-            files = [bytes(b) for b in (images[i] if i < len(images) else ()) if len(b)]
-            if len(files) != n:
-                raise InputError(f"input {i} has {n} image part(s) but {len(files)} image(s) came with it")
-            done = [self.layout.process(decode_image(data, self.limits)) for data in files]
-            texts.append(self.layout.expand(text, done) if done else text)
+            text, n = self.render(parse_prompt(raw, prompt_format, i), i, chat_template_kwargs)
+            texts.append(text)
+            files.append(_files(images, i))
+            if len(files[-1]) != n:
+                raise InputError(f"input {i} has {n} image part(s) but {len(files[-1])} image(s) came with it")
+        return self._encode_texts(texts, files, truncate_prompt_tokens=truncate_prompt_tokens,
+                                  truncation_side=truncation_side, add_special_tokens=add_special_tokens,
+                                  purpose=purpose)
+
+    def _encode_texts(self, texts: list[str], files: list[list[bytes]], **tokenize) -> MultimodalEncoded:
+        """Rendered prompts (one placeholder per image) + their image files -> ids and pixels."""
+        processed = []
+        for i, (text, row_files) in enumerate(zip(texts, files)):
+            done = [self.layout.process(decode_image(data, self.limits)) for data in row_files]
+            texts[i] = self.layout.expand(text, done) if done else text
             processed.append(done)
-        encoded = self.text.encode(texts, truncate_prompt_tokens=truncate_prompt_tokens,
-                                   truncation_side=truncation_side, add_special_tokens=add_special_tokens,
-                                   purpose=purpose)
+        encoded = self.text.encode(texts, **tokenize)
         image_id = self.layout.image_token_id
         pixels, sizes = [], []
         for i, done in enumerate(processed):
@@ -250,6 +292,11 @@ class MultimodalPreprocessor:
                 pixels.append(np.zeros((0, *self.layout.pixel_shape), dtype=np.float32))
                 sizes.append(np.zeros((0, *self.layout.size_shape), dtype=np.int64))
         return MultimodalEncoded(encoded, pixels, sizes)
+
+
+def _files(images: Sequence[Sequence[bytes]], row: int) -> list[bytes]:
+    """Row ``row``'s image files (the non-empty elements; b"" is padding)."""
+    return [bytes(b) for b in (images[row] if row < len(images) else ()) if len(b)]
 
 
 def to_bytes_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:

@@ -88,17 +88,13 @@ def model_configs(spec: ServeSpec, info: ModelInfo, options: BuildOptions):
     card = info.to_json()
     preprocess = C.stage_name(name, "preprocess")
     delay = options.max_queue_delay_us
+    if info.cross_encoder:
+        return cross_encoder_configs(spec, info, options)
     pre_spec = C.preprocess_spec(info.multimodal)
     configs = [(stage_config(preprocess, pre_spec, max_batch_size=MAX_BATCH_SIZE,
                              parameters={"model_card": card}, max_queue_delay_us=delay), pre_spec.adapter)]
     encoder_spec = C.encoder_spec(output_dim(info), info.pooled_dim, info.sparse, info.multimodal)
-    configs.append((stage_config(
-        C.stage_name(name, "encoder"), encoder_spec, max_batch_size=MAX_BATCH_SIZE,
-        parameters={"model_card": card, "dtype": spec.dtype, "max_batch_tokens": str(options.max_batch_tokens),
-                    "threads": str(options.encoder_threads)},
-        instance_kind="KIND_GPU" if options.device == "gpu" else "KIND_CPU",
-        instance_count=options.encoder_instances, max_queue_delay_us=delay,
-    ), encoder_spec.adapter))
+    configs.append(_encoder_config(name, spec, card, encoder_spec, options))
     if info.sparse:
         configs.append((stage_config(C.stage_name(name, "sparse"), C.SPARSE, max_batch_size=MAX_BATCH_SIZE,
                                      parameters={"model_card": card}, max_queue_delay_us=delay), C.SPARSE.adapter))
@@ -111,6 +107,31 @@ def model_configs(spec: ServeSpec, info: ModelInfo, options: BuildOptions):
     configs.append((token_embed_ensemble(name, info, MAX_BATCH_SIZE), None))
     configs.append((score_ensemble(name, info, query_pre, document_pre), None))
     return configs
+
+
+def _encoder_config(name: str, spec: ServeSpec, card: str, encoder: C.StageSpec, options: BuildOptions):
+    return (stage_config(
+        C.stage_name(name, "encoder"), encoder, max_batch_size=MAX_BATCH_SIZE,
+        parameters={"model_card": card, "dtype": spec.dtype, "max_batch_tokens": str(options.max_batch_tokens),
+                    "threads": str(options.encoder_threads)},
+        instance_kind="KIND_GPU" if options.device == "gpu" else "KIND_CPU",
+        instance_count=options.encoder_instances, max_queue_delay_us=options.max_queue_delay_us,
+    ), encoder.adapter)
+
+
+def cross_encoder_configs(spec: ServeSpec, info: ModelInfo, options: BuildOptions):
+    """A cross-encoder serves scores only: pair preprocess -> encoder, behind ``<m>__score``."""
+    from trilate_ensembles import cross_encoder_score_ensemble
+
+    name = C.triton_name(info.served_name)
+    card = info.to_json()
+    pair = C.PAIR_PREPROCESS
+    return [
+        (stage_config(C.stage_name(name, "pair_preprocess"), pair, max_batch_size=MAX_BATCH_SIZE,
+                      parameters={"model_card": card}, max_queue_delay_us=options.max_queue_delay_us), pair.adapter),
+        _encoder_config(name, spec, card, C.cross_encoder_spec(), options),
+        (cross_encoder_score_ensemble(name, info), None),
+    ]
 
 
 def relocatable(info: ModelInfo, root: Path) -> ModelInfo:

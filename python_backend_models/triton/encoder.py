@@ -67,6 +67,8 @@ class EncoderModel(StageModel):
     def _wanted(self, request, params) -> Wanted:
         """The heads one request needs."""
         mapped = requested_outputs(request)
+        if self.info.cross_encoder:
+            return Wanted(tokens=False, pooled=True, sparse=False)
         tokens = bool(mapped & _TOKEN_OUTPUTS) or not mapped
         pooled = self.info.pooled_dim is not None and C.EMBEDDINGS in mapped
         sparse = self.info.sparse and (C.TOKEN_WEIGHTS in mapped or not mapped)
@@ -158,6 +160,9 @@ class EncoderModel(StageModel):
     def _response(self, results, wanted: Wanted, dim):
         """Padded tensors of one request; heads it did not need come back empty (width 0) or zero."""
         n = len(results)
+        if self.info.cross_encoder:  # one score per pair prompt
+            scores = np.array([[r.embedding[0]] for r in results], dtype=np.float32).reshape(n, 1)
+            return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(C.SCORES, scores)])
         outputs = []
         if wanted.tokens:
             counts = np.array([[r.token_embeddings.shape[0]] for r in results], dtype=np.int32)

@@ -77,11 +77,6 @@ class PreprocessModel(StageModel):
         if self.fixed_mode or params.get(C.PARAM_EMBEDDING_MODE):
             raise InputError(f"embedding_mode is not available for {self.info.served_name}: its queries and "
                              "documents are encoded alike")
-        tensor = pb_utils.get_input_tensor_by_name(request, C.IMAGES)
-        images = tensor.as_numpy() if tensor is not None else np.zeros((len(texts), 0), dtype=object)
-        if images.ndim != 2 or images.shape[0] != len(texts):
-            raise InputError(f"images must be a 2-D tensor with one row per text ({len(texts)}), got shape "
-                             f"{list(images.shape)}")
         kwargs = params.get(C.PARAM_CHAT_TEMPLATE_KWARGS) or {}
         if isinstance(kwargs, str):
             try:
@@ -91,7 +86,7 @@ class PreprocessModel(StageModel):
         if not isinstance(kwargs, dict):
             raise InputError("chat_template_kwargs must be a JSON object")
         done = self.core.encode(
-            texts, [list(row) for row in images], prompt_format=params.get(C.PARAM_PROMPT_FORMAT),
+            texts, _images(request, C.IMAGES, len(texts)), prompt_format=params.get(C.PARAM_PROMPT_FORMAT),
             truncate_prompt_tokens=int_param(params, C.PARAM_TRUNCATE_PROMPT_TOKENS),
             truncation_side=params.get(C.PARAM_TRUNCATION_SIDE) or "right",
             add_special_tokens=bool_param(params, C.PARAM_ADD_SPECIAL_TOKENS, True),
@@ -101,3 +96,45 @@ class PreprocessModel(StageModel):
         outputs += [pb_utils.Tensor(C.PIXEL_VALUES, to_bytes_rows(done.pixel_values)),
                     pb_utils.Tensor(C.IMAGE_SIZES, to_bytes_rows(done.image_sizes))]
         return pb_utils.InferenceResponse(output_tensors=outputs)
+
+
+def _images(request, name: str, rows: int) -> list[list[bytes]]:
+    """An optional ``images``-style input as per-row lists (none sent: no images)."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return [[] for _ in range(rows)]
+    images = tensor.as_numpy()
+    if images.ndim != 2 or images.shape[0] != rows:
+        raise InputError(f"{name} must be a 2-D tensor with one row per text ({rows}), got shape {list(images.shape)}")
+    return [list(row) for row in images]
+
+
+class PairPreprocessModel(StageModel):
+    """Cross-encoders: (query, document) rows -> one pair prompt each (the score template), ids and pixels."""
+
+    def setup(self) -> None:
+        from ..registry import family_of
+
+        self.info = self.model_info()
+        self.core = family_of(self.info).preprocessor(self.info)
+
+    def handle(self, request):
+        from ..multimodal import to_bytes_rows
+
+        params = request_parameters(request)
+        queries = decode_texts(input_array(request, C.QUERIES))
+        documents = decode_texts(input_array(request, C.DOCUMENTS))
+        done = self.core.encode_pairs(
+            queries, documents, _images(request, C.QUERY_IMAGES, len(queries)),
+            _images(request, C.DOCUMENT_IMAGES, len(documents)), prompt_format=params.get(C.PARAM_PROMPT_FORMAT),
+            truncate_prompt_tokens=int_param(params, C.PARAM_TRUNCATE_PROMPT_TOKENS),
+        )
+        e = done.encoded
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(C.INPUT_IDS, e.input_ids), pb_utils.Tensor(C.ATTENTION_MASK, e.attention_mask),
+            pb_utils.Tensor(C.OUTPUT_MASK, e.output_mask),
+            pb_utils.Tensor(C.PROMPT_TOKENS, e.prompt_tokens.reshape(-1, 1)),
+            pb_utils.Tensor(C.DOCUMENT_PROMPT_TOKENS, np.zeros((len(queries), 1), dtype=np.int32)),
+            pb_utils.Tensor(C.PIXEL_VALUES, to_bytes_rows(done.pixel_values)),
+            pb_utils.Tensor(C.IMAGE_SIZES, to_bytes_rows(done.image_sizes)),
+        ])
