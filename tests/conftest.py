@@ -127,6 +127,14 @@ def bge_m3(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def colqwen3_tomoro(tmp_path_factory) -> Path:
+    """Tiny TomoroAI/tomoro-colqwen3-embed layout (Qwen3-VL under vlm.model., embedding_proj_layer with bias)."""
+    import tiny_colqwen
+
+    return tiny_colqwen.write_colqwen3(tmp_path_factory.mktemp("colqwen3_tomoro"), "tomoro")
+
+
+@pytest.fixture(scope="session")
 def colqwen35(tmp_path_factory) -> Path:
     """Tiny athrael-soju/colqwen3.5 layout (Qwen3.5 hybrid + vision, custom_text_proj with bias, bidirectional)."""
     import tiny_colqwen35

@@ -475,3 +475,95 @@ def flag_m3_scores(path, pairs, *, weights=(1.0, 1.0, 1.0), colbert_dim: int = 1
         for key, values in scores.items():
             result.setdefault(key, []).append(float(values[0]))
     return result
+
+
+# -- ColQwen3 / ColQwen3.5: transformers' backbone + the checkpoint's projection + L2 ----------------------------
+# Written here, not taken from trilate: the image processor is transformers' PIL class, the tokenizer is the
+# checkpoint's tokenizer.json, each <|image_pad|> is expanded here, and the backbone is transformers' own model
+# (eager attention) with the vendor's keys renamed by this table and loaded strictly.
+
+COLQWEN_PREFIXES = ("vlm.model.", "model.", "")  # Tomoro, ColPali/NVIDIA, OpenSearch and ColQwen3.5
+COLQWEN_PROJECTIONS = ("embedding_proj_layer", "custom_text_proj")
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = folder / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        tensors.update(load_file(str(folder / name)))
+    return tensors
+
+
+@functools.lru_cache(maxsize=4)
+def _colqwen_reference_model(folder: str, bidirectional: bool):
+    """(transformers model, projection weight, bias) for a ColQwen3 (Qwen3-VL) or ColQwen3.5 checkpoint."""
+    from transformers import AutoConfig, Qwen3_5Model, Qwen3VLConfig, Qwen3VLModel
+
+    path = Path(folder)
+    raw = _config_json(path)
+    ids = {k: raw[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+           if k in raw}
+    if raw.get("model_type") == "qwen3_5":
+        config = AutoConfig.for_model(**raw)
+        model_class = Qwen3_5Model
+    else:
+        config = Qwen3VLConfig(text_config=raw["text_config"], vision_config=raw["vision_config"], **ids)
+        model_class = Qwen3VLModel
+    config._attn_implementation = "eager"
+    if bidirectional:
+        config.text_config.is_causal = False
+    with torch.random.fork_rng(devices=[]):
+        model = model_class(config).eval()
+    if bidirectional:
+        for layer in model.language_model.layers:
+            if getattr(layer, "block_type", "full_attention") == "full_attention" and hasattr(layer, "self_attn"):
+                layer.self_attn.is_causal = False
+    tensors = _weights(path)
+    wanted = set(model.state_dict())
+    for prefix in COLQWEN_PREFIXES:
+        backbone = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix) and k[len(prefix):] in wanted}
+        if len(backbone) == len(wanted):
+            break
+    model.load_state_dict(backbone, strict=True)
+    weight = bias = None
+    for name in COLQWEN_PROJECTIONS:
+        if f"{name}.weight" in tensors:
+            weight, bias = tensors[f"{name}.weight"].float(), tensors.get(f"{name}.bias")
+    return model, weight, None if bias is None else bias.float()
+
+
+def colqwen_token_embeddings(folder: str | Path, prompt: str, images: Sequence = (), *,
+                             bidirectional: bool = False) -> np.ndarray:
+    """Per-token vectors (n_tokens, dim) of one prompt (its images as ``<|vision_start|><|image_pad|>
+    <|vision_end|>``, in order), as transformers computes them: float32, L2-normalised."""
+    from tokenizers import Tokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    path = Path(folder)
+    raw = _config_json(path)
+    model, weight, bias = _colqwen_reference_model(str(path), bidirectional)
+    ids = Tokenizer.from_file(str(path / "tokenizer.json")).encode(prompt, add_special_tokens=True).ids
+    kwargs = {}
+    if images:
+        settings = json.loads((path / "preprocessor_config.json").read_text())
+        settings = {k: v for k, v in settings.items() if k not in ("image_processor_type", "processor_class")}
+        out = Qwen2VLImageProcessorPil(**settings)(list(images), return_tensors="pt")
+        merge = int(settings.get("merge_size", 2))
+        counts = iter(int(g.prod()) // merge**2 for g in out["image_grid_thw"])
+        expanded: list[int] = []
+        for token in ids:
+            expanded.extend([token] * next(counts) if token == raw["image_token_id"] else [token])
+        ids = expanded
+        kwargs = {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+    input_ids = torch.tensor([ids])
+    if images:
+        kwargs["mm_token_type_ids"] = (input_ids == raw["image_token_id"]).int()
+    with torch.no_grad():
+        hidden = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False,
+                       **kwargs).last_hidden_state[0].float()
+    if weight is not None:
+        hidden = hidden @ weight.T + (bias if bias is not None else 0)
+    return (hidden / hidden.norm(dim=-1, keepdim=True)).numpy()

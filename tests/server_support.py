@@ -19,6 +19,7 @@ MODERNBERT = "tiny/modernbert-colbert"
 JINA = "tiny/jina-colbert"
 LFM2 = "tiny/lfm2-colbert"
 BGE_M3 = "tiny/bge-m3"
+COLQWEN3 = "tiny/colqwen3-tomoro"
 COLQWEN35 = "tiny/colqwen3.5"
 # A ColBERT checkpoint whose query prefix is not a token, under a name holding "__" (which the Triton
 # naming must keep apart from stage names).
@@ -78,7 +79,7 @@ def arch(name: str) -> dict:
 
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory, stanford_colbert, pylate_colbert, modernbert_colbert, jina_colbert, lfm2_colbert,
-                  bge_m3, pylate_colbert_prefix_not_a_token, colqwen35):
+                  bge_m3, pylate_colbert_prefix_not_a_token, colqwen3_tomoro, colqwen35):
     root = tmp_path_factory.mktemp("server")
     specs = [
         ServeSpec(model=DEFAULT),
@@ -93,6 +94,7 @@ def triton_server(tmp_path_factory, stanford_colbert, pylate_colbert, modernbert
         ServeSpec(model=str(lfm2_colbert), served_name=LFM2, hf_overrides=arch("ColBERTLfm2Model")),
         ServeSpec(model=str(bge_m3), served_name=BGE_M3, hf_overrides=arch("BgeM3EmbeddingModel")),
         ServeSpec(model=str(pylate_colbert_prefix_not_a_token), served_name=ODD, hf_overrides=arch("HF_ColBERT")),
+        ServeSpec(model=str(colqwen3_tomoro), served_name=COLQWEN3),
         ServeSpec(model=str(colqwen35), served_name=COLQWEN35),
     ]
     # A queue delay makes concurrent requests meet in one dynamic batch, which the tests rely on.

@@ -1,0 +1,158 @@
+"""The image families through a real tritonserver, over tritonclient HTTP and gRPC (the ``client`` fixture).
+
+The session server (``server_support.py``) serves the tiny ColQwen3 checkpoint in TomoroAI's layout and the
+tiny ColQwen3.5 one (bidirectional contract).  Every number is checked against ``references.colqwen_token_
+embeddings``: transformers' own Qwen3-VL / Qwen3.5 model on the same weights, transformers' PIL image processor,
+the checkpoint's tokenizer, the placeholder expanded in the test — nothing of trilate's.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import references
+from server_support import COLQWEN3, COLQWEN35
+from tolerances import SCORE_ATOL, SCORE_RTOL, VECTOR_ATOL
+from trilate.errors import InvalidInputError
+
+pytestmark = pytest.mark.server
+
+ONE_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+# Which fixture each served name is, and whether its attention is bidirectional.
+MODELS = {COLQWEN3: ("colqwen3_tomoro", False), COLQWEN35: ("colqwen35", True)}
+
+
+def page(width: int, height: int, seed: int) -> Image.Image:
+    """A generated 'page': gradients plus noise, so every patch differs."""
+    rng = np.random.RandomState(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x * y) % 256], axis=-1)
+    return Image.fromarray(np.clip(rgb + rng.randint(0, 40, (height, width, 3)), 0, 255).astype(np.uint8))
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def data_url(image: Image.Image) -> str:
+    return "data:image/png;base64," + base64.b64encode(png(image)).decode()
+
+
+def image_doc(image: Image.Image, text: str = "Describe the image.") -> dict:
+    return {"content": [{"type": "image_url", "image_url": {"url": data_url(image)}}, {"type": "text", "text": text}]}
+
+
+def maxsim(q: np.ndarray, d: np.ndarray) -> float:
+    return float((q @ d.T).max(axis=1).sum())
+
+
+@pytest.fixture(params=list(MODELS))
+def served(request):
+    fixture, bidirectional = MODELS[request.param]
+    return request.param, request.getfixturevalue(fixture), bidirectional
+
+
+PAGES = [page(70, 50, 1), page(33, 120, 2), page(128, 96, 3)]
+
+
+def test_an_image_document_scores_as_maxsim_of_transformers_vectors(client, served):
+    name, path, bidi = served
+    query = "Retrieve the city of Beijing"
+    q = references.colqwen_token_embeddings(path, query, bidirectional=bidi)
+    docs = [image_doc(p) for p in PAGES[:2]] + ["The capital of France is Paris."]
+    expected = [maxsim(q, references.colqwen_token_embeddings(path, ONE_IMAGE + "Describe the image.", [p],
+                                                              bidirectional=bidi)) for p in PAGES[:2]]
+    expected.append(maxsim(q, references.colqwen_token_embeddings(path, docs[2], bidirectional=bidi)))
+    result = client.score(name, query, docs)
+    assert [item.score for item in result.data] == pytest.approx(expected, rel=SCORE_RTOL, abs=SCORE_ATOL)
+
+
+def test_chat_messages_with_an_image_give_transformers_token_vectors(client, served):
+    name, path, bidi = served
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(PAGES[0])}},
+                                              {"type": "text", "text": "Describe the image."}]}]
+    out = client.pooling(name, messages=messages)
+    prompt = f"<|im_start|>user\n{ONE_IMAGE}Describe the image.<|im_end|>\n"  # Qwen3-VL's template, rendered
+    ref = references.colqwen_token_embeddings(path, prompt, [PAGES[0]], bidirectional=bidi)
+    (got,) = out.data
+    vectors = np.asarray(got.data, dtype=np.float32)
+    assert vectors.shape == ref.shape
+    np.testing.assert_allclose(vectors, ref, atol=VECTOR_ATOL)
+    assert out.usage.prompt_tokens == ref.shape[0]  # the image's tokens are counted
+
+
+def test_usage_counts_the_expanded_image_tokens(client):
+    result = client.score(COLQWEN3, "a query", [image_doc(PAGES[2], "x")])
+    image_tokens = (96 // 32) * (128 // 32)  # 128x96 is already a multiple of 32: one token per 32x32 block
+    q = client.tokenize(COLQWEN3, "a query").count
+    text = client.tokenize(COLQWEN3, "<|vision_start|><|vision_end|>x").count
+    assert result.usage.prompt_tokens == q + 1 + text + image_tokens  # + the pad token vLLM counts per pair
+
+
+def test_an_image_document_alone_equals_the_same_document_inside_a_batch(client):
+    docs = [image_doc(PAGES[0]), "a text", image_doc(PAGES[1]), image_doc(PAGES[2], "third")]
+    batched = [item.score for item in client.score(COLQWEN35, "find the chart", docs).data]
+    alone = [client.score(COLQWEN35, "find the chart", [doc]).data[0].score for doc in docs]
+    assert batched == pytest.approx(alone, rel=SCORE_RTOL, abs=SCORE_ATOL)
+
+
+def test_text_and_image_requests_interleaved_on_one_server_equal_fresh_requests(client):
+    calls = [(COLQWEN3, "q one", [image_doc(PAGES[0])]), (COLQWEN3, "q two", ["plain words"]),
+             (COLQWEN35, "q three", [image_doc(PAGES[1]), "more words"]), (COLQWEN35, "q four", ["text only"])]
+    fresh = [[i.score for i in client.score(*call).data] for call in calls]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        rounds = list(pool.map(lambda call: [i.score for i in client.score(*call).data], calls * 4))
+    for k, got in enumerate(rounds):
+        assert got == pytest.approx(fresh[k % len(calls)], rel=SCORE_RTOL, abs=SCORE_ATOL)
+
+
+def _truncated_png() -> str:
+    raw = png(PAGES[2])
+    return "data:image/png;base64," + base64.b64encode(raw[: len(raw) // 2]).decode()
+
+
+BAD_IMAGES = {
+    "truncated_png": (_truncated_png(), "truncated"),
+    "not_an_image": ("data:image/png;base64," + base64.b64encode(b"hello, not a picture").decode(), "not an image"),
+    "http_not_allowed": ("http://127.0.0.1:9/page.png", "allowed"),
+    "file_not_allowed": ("file:///etc/passwd", "allowed"),
+}
+
+
+@pytest.mark.parametrize("url, words", list(BAD_IMAGES.values()), ids=list(BAD_IMAGES))
+def test_a_bad_image_is_a_clear_400_and_the_server_keeps_serving(client, url, words):
+    doc = {"content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "x"}]}
+    with pytest.raises(InvalidInputError) as info:
+        client.score(COLQWEN3, "q", ["fine", doc])
+    assert words in str(info.value).lower(), str(info.value)
+    assert len(client.score(COLQWEN3, "q", [image_doc(PAGES[0])]).data) == 1
+
+
+def test_huge_image_dimensions_are_refused_before_decoding(client):
+    # A PNG header that claims 50000 x 50000 pixels (2.5 GP): refused from the header alone.
+    huge = Image.new("L", (50_000, 1))
+    raw = png(huge)
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    forged = raw[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + raw[33:]
+    doc = {"content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,"
+                                                                  + base64.b64encode(forged).decode()}}]}
+    with pytest.raises(InvalidInputError, match="pixels"):
+        client.score(COLQWEN3, "q", [doc])
+    assert len(client.score(COLQWEN3, "q", ["still serving"]).data) == 1
+
+
+def test_images_on_a_text_model_are_refused_with_vllms_message(client):
+    with pytest.raises(InvalidInputError, match="MultiModalParam is not supported"):
+        client.score("tiny/stanford-colbert", "q", [image_doc(PAGES[0])])
