@@ -1,0 +1,162 @@
+"""The seed document's curl commands for the image models, verbatim, through ``trilate serve`` over REST.
+
+One ``trilate serve`` serves the tiny checkpoints under the seed's names: TomoroAI's ColQwen3 layout as
+``TomoroAI/tomoro-colqwen3-embed-4b``, the ColQwen3.5 layout as ``athrael-soju/colqwen3.5-4.5B``.  Each command
+runs with bash and curl as the document writes it; only the port is this server's and each ``<BASE64>`` is a
+generated PNG page.  Numbers are checked against ``references.colqwen_token_embeddings`` (transformers' own
+models, transformers' PIL image processor; nothing of trilate's).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import references
+from tolerances import SCORE_ATOL, SCORE_RTOL, VECTOR_ATOL
+from trilate.launch import ServeProcess
+
+pytestmark = pytest.mark.server
+
+SEED_DATA = Path(__file__).resolve().parent / "data" / "seed_commands.json"
+TOMORO = "TomoroAI/tomoro-colqwen3-embed-4b"
+COLQWEN35 = "athrael-soju/colqwen3.5-4.5B"
+ONE_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+# Seed model -> (fixture, bidirectional attention).
+SERVED = {TOMORO: ("colqwen3_tomoro", False), COLQWEN35: ("colqwen35", True)}
+
+
+def page(seed: int, size=(96, 64)) -> Image.Image:
+    rng = np.random.RandomState(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x * y + 40 * seed) % 256], axis=-1)
+    return Image.fromarray(np.clip(rgb + rng.randint(0, 30, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+# <BASE64>, <BASE64_1>, <BASE64_2> of the seed's commands -> these pages.
+PAGES = {"<BASE64>": page(1), "<BASE64_1>": page(2, (64, 96)), "<BASE64_2>": page(3, (128, 64))}
+
+
+def b64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def seed_commands() -> list[tuple[str, str, str, dict]]:
+    data = json.loads(SEED_DATA.read_text(encoding="utf-8"))
+    return [(c["key"], c["command"], c["route"], c["body"]) for c in data["curl_commands"]
+            if c["body"]["model"] in SERVED]
+
+
+COMMANDS = seed_commands()
+
+
+@pytest.fixture(scope="module")
+def vl_server(tmp_path_factory, colqwen3_tomoro, colqwen35):
+    server = ServeProcess(
+        [str(colqwen3_tomoro), str(colqwen35), "--served-model-name", TOMORO, COLQWEN35,
+         "--model-repository", str(tmp_path_factory.mktemp("vl") / "repo"), "--uvicorn-log-level", "warning"],
+        timeout=600, env={"HF_HUB_OFFLINE": "1"},
+    )
+    yield server
+    assert server.stop() == 0, "".join(server.lines[-30:])
+
+
+def with_pages(text: str) -> str:
+    for marker, image in PAGES.items():
+        text = text.replace(marker, b64(image))
+    return text
+
+
+def run(command: str, port: int) -> dict:
+    command = with_pages(command)
+    out = subprocess.run(["bash", "-c", command.replace("localhost:8000", f"localhost:{port}")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _prompt(item) -> tuple[str, list[Image.Image]]:
+    """A seed ScoreInput as the prompt vLLM (>= 0.21) builds for /score and /rerank, and its images."""
+    if isinstance(item, str):
+        return item, []
+    texts, images = [], []
+    for part in item["content"]:
+        if part["type"] == "text":
+            texts.append(part["text"])
+        else:
+            marker = part["image_url"]["url"].removeprefix("data:image/png;base64,")
+            images.append(PAGES[marker])
+    return ONE_IMAGE * len(images) + "\n".join(texts), images
+
+
+def _maxsim(q: np.ndarray, d: np.ndarray) -> float:
+    return float((q @ d.T).max(axis=1).sum())
+
+
+def test_every_seed_command_of_these_models_is_here():
+    routes = sorted(route for _key, _cmd, route, body in COMMANDS)
+    assert routes == sorted(["/rerank", "/score", "/score", "/rerank", "/pooling", "/pooling", "/rerank", "/score"])
+
+
+@pytest.mark.parametrize("key, command, route, body", COMMANDS, ids=[c[0] for c in COMMANDS])
+def test_seed_curl_command_verbatim(request, vl_server, key, command, route, body):
+    model = body["model"]
+    fixture, bidi = SERVED[model]
+    path = request.getfixturevalue(fixture)
+
+    def vectors(item) -> np.ndarray:
+        text, images = _prompt(item)
+        return references.colqwen_token_embeddings(path, text, images, bidirectional=bidi)
+
+    got = run(command, vl_server.port)
+    assert got["model"] == model, got
+    if route in ("/score", "/rerank"):
+        query = body.get("data_1", body.get("text_1", body.get("query")))
+        docs = body.get("data_2", body.get("text_2", body.get("documents")))
+        q = vectors(query)
+        expected = [_maxsim(q, vectors(d)) for d in docs]
+        if route == "/score":
+            assert re.fullmatch(r"score-[0-9a-f]{32}", got["id"])
+            assert [item["index"] for item in got["data"]] == list(range(len(docs)))
+            assert [item["score"] for item in got["data"]] == pytest.approx(expected, rel=SCORE_RTOL, abs=SCORE_ATOL)
+        else:
+            assert re.fullmatch(r"rerank-[0-9a-f]{32}", got["id"])
+            order = sorted(range(len(docs)), key=lambda i: -expected[i])[: body.get("top_n") or len(docs)]
+            assert [r["index"] for r in got["results"]] == order
+            for r in got["results"]:
+                doc = docs[r["index"]]
+                assert r["relevance_score"] == pytest.approx(expected[r["index"]], rel=SCORE_RTOL, abs=SCORE_ATOL)
+                sent = json.loads(with_pages(json.dumps(doc)))  # the document as the command sent it
+                echo = {"text": doc, "multi_modal": None} if isinstance(doc, str) else {"text": None,
+                                                                                      "multi_modal": sent["content"]}
+                assert r["document"] == echo
+        n_pairs = len(docs)
+        tokens = sum(len(vectors(d)) for d in docs) + n_pairs * len(q) + n_pairs  # + a pad token per pair
+        assert got["usage"]["prompt_tokens"] == tokens
+    elif route == "/pooling":
+        assert re.fullmatch(r"pool-[0-9a-f]{32}", got["id"])
+        if "messages" in body:
+            (message,) = body["messages"]
+            text, images = _prompt({"content": message["content"]})
+            prompt = f"<|im_start|>{message['role']}\n{text}<|im_end|>\n"  # Qwen3-VL's chat template
+            ref = references.colqwen_token_embeddings(path, prompt, images, bidirectional=bidi)
+        else:
+            ref = vectors(body["input"])
+        (item,) = got["data"]
+        data = np.asarray(item["data"], dtype=np.float32)
+        assert data.shape == ref.shape
+        np.testing.assert_allclose(data, ref, atol=VECTOR_ATOL)
+        assert got["usage"]["prompt_tokens"] == ref.shape[0]
+    else:  # pragma: no cover - a new kind of command in the seed
+        pytest.fail(f"no checks written for {route}")
