@@ -21,7 +21,6 @@ from typing import Any, Mapping
 from .chat_templates import NEMOTRON_EMBED, NEMOTRON_RERANK
 from .checkpoint import CheckpointError, open_checkpoint, read_json, read_json_if_exists
 from .nemotron_vl_images import IMG_CONTEXT, IMG_END, IMG_START, TilingParams
-from .pixel_shuffle import shuffle_settings
 from .registry import safetensors_shapes
 
 EMBED = "embed"
@@ -35,6 +34,8 @@ MODEL_TYPES = {EMBED: "llama_nemotron_vl", RERANK: "llama_nemotron_vl_rerank"}
 # The text sub-config is a Llama config under NVIDIA's name for its bidirectional variant.
 LLM_MODEL_TYPES = ("llama_bidirec", "llama")
 VISION_MODEL_TYPES = ("siglip_vision_model",)
+
+PS_VERSIONS = ("v1", "v2")  # pixel_shuffle.PS_VERSIONS, restated: that module imports torch
 
 # config ``pooling`` -> the pooled vector, as vLLM's LlamaNemotronVLConfig handler maps it.
 POOLING = {"avg": "mean", "cls": "cls", "last": "last"}
@@ -172,12 +173,16 @@ def read_nemotron_vl(path: str | os.PathLike[str], *, overrides: Mapping[str, An
         # embedding model always uses the last layer; with the two disagreeing, only -1 is served.
         raise CheckpointError(f"{root}/config.json select_layer is {select_layer}; only -1 (the SigLIP output "
                               f"after post_layernorm) is supported ({_override_hint('select_layer', '-1')})")
-    try:
-        # NVIDIA's modelling code for these checkpoints always shuffles the v2 way (no ps_version knob), so a
-        # config without the field means v2 here, not InternVL's v1 default.
-        ratio, ps_version = shuffle_settings({**config, "ps_version": config.get("ps_version", "v2")})
-    except ValueError as exc:
-        raise CheckpointError(f"{root}: {exc}") from None
+    # NVIDIA's modelling code for these checkpoints always shuffles the v2 way (it has no ps_version knob), so a
+    # config without the field means v2 here, not InternVL's v1 default.
+    ps_version = config.get("ps_version", "v2")
+    if ps_version not in PS_VERSIONS:
+        raise CheckpointError(f"{root}/config.json ps_version must be one of {PS_VERSIONS}, got {ps_version!r}")
+    ratio = float(config.get("downsample_ratio", 0.5))
+    if ratio not in (0.5, 0.25):
+        # mlp1 is built for the 2x2 (or 4x4) blocks of InternVL-style towers; the checkpoints use 0.5.
+        raise CheckpointError(f"{root}/config.json downsample_ratio {ratio} is not supported; use 0.5 "
+                              f"({_override_hint('downsample_ratio', '0.5')})")
     tiling = TilingParams.from_checkpoint(ckpt)
     image_size = vision.get("image_size")
     if image_size is not None and int(image_size) != tiling.tile_size:

@@ -278,6 +278,17 @@ def test_the_card_reads_both_layouts_as_data(embed_path, rerank_path):
     assert rerank["temperature"] == 1.0
 
 
+def test_the_card_needs_no_torch():
+    """The repository builder and the preprocess stage read cards without importing torch."""
+    import subprocess
+    import sys
+
+    program = ("import sys, python_backend_models.nemotron_card; "
+               "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("value, pooled", [("avg", "mean"), ("cls", "cls"), ("last", "last")])
 def test_the_pooling_setting_maps_as_vllm_maps_it(embed_path, value, pooled):
     assert read_nemotron_vl(embed_path, overrides={"pooling": value})["pooling"] == pooled
@@ -425,6 +436,31 @@ def test_loading_keeps_the_weights_once_and_fills_every_buffer(embed_model):
     assert all(layer.self_attn.is_causal is False for layer in embed_model.language_model.layers)
 
 
+def test_bfloat16_weights_give_nearly_the_same_vectors(embed_path, embed_model, rerank_path, rerank_model):
+    """The reduced-precision path (what a GPU runs by default): casts, the image scatter, float32 pooling and head."""
+    ids, mask, pixel_values = embed_inputs(embed_path)
+    half = load_nemotron_vl(embed_path, dtype="bfloat16")
+    assert half.dtype == torch.bfloat16 and half.language_model.rotary_emb.inv_freq.dtype == torch.float32
+    cosine = F.cosine_similarity(half(ids, mask, pixel_values), embed_model(ids, mask, pixel_values), dim=-1)
+    assert (cosine > 0.99).all(), cosine
+    ids, mask, pixel_values = rerank_inputs(rerank_path)
+    half = load_nemotron_vl(rerank_path, dtype=torch.bfloat16)
+    assert half.score.weight.dtype == torch.float32
+    torch.testing.assert_close(half(ids, mask, pixel_values), rerank_model(ids, mask, pixel_values), atol=0.1, rtol=0.05)
+
+
+def test_a_missing_tensor_is_named(embed_path, tmp_path):
+    from safetensors.torch import save_file
+
+    for file in embed_path.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    state = load_file(str(embed_path / "model.safetensors"))
+    del state["mlp1.3.weight"]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"lack 1 tensor\(s\) the model needs, e.g. \['mlp1.3.weight'\]"):
+        load_nemotron_vl(tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Golden: the real checkpoints against their own HF implementation (remote code, only here)
 # ------------------------------------------------------------------------------------------------------------
@@ -447,10 +483,14 @@ def test_golden_embed_matches_the_checkpoints_own_code():
     hf = AutoModel.from_pretrained(str(path), trust_remote_code=True, dtype=torch.float32).eval()
     ours = load_nemotron_vl(path, dtype=torch.float32)
     text = "What is the capital of France?"
-    with torch.no_grad():
-        expected = [hf.encode_queries([text])[0], hf.encode_documents(images=[photo()], texts=["<image>"])[0]]
-    # vLLM's test prompts: plain strings, the tokenizer adds the BOS
-    for (prompt, images), want in zip([("query: " + text, []), ("passage: <image>", [photo()])], expected):
+    passage = "Paris is the capital and largest city of France."
+    with torch.inference_mode():
+        expected = [hf.encode_queries([text])[0], hf.encode_documents(texts=[passage])[0],
+                    hf.encode_documents(images=[photo()], texts=["<image>"])[0]]
+    # vLLM's test (tests/models/multimodal/pooling/test_llama_nemotron_vl.py): plain prompt strings, the tokenizer
+    # adds the BOS; the HF side gets the prompt without its prefix
+    prompts = [("query: " + text, []), ("passage: " + passage, []), ("passage: <image>", [photo()])]
+    for (prompt, images), want in zip(prompts, expected):
         ids, mask, pixel_values = encode(path, [prompt], [images], add_special_tokens=True)
         got = F.normalize(ours(ids, mask, pixel_values), dim=-1)[0]
         cosine = float(got @ F.normalize(want.float(), dim=-1))
@@ -472,9 +512,10 @@ def test_golden_rerank_matches_the_checkpoints_own_code():
     document = "AI helps doctors diagnose diseases earlier from medical images."
     features = [{"question": query, "doc_text": document, "doc_image": ""},
                 {"question": query, "doc_text": "", "doc_image": photo()}]
-    with torch.no_grad():
+    with torch.inference_mode():
         batch = processor.process_queries_documents_crossencoder(features)
-        expected = torch.sigmoid(hf(**batch).logits.float().reshape(-1))
+        batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        expected = torch.sigmoid(hf(**batch, return_dict=True).logits.float().reshape(-1))
     prompts = [rerank_prompt(card, query, document)[0], rerank_prompt(card, query, [IMAGE_PART])[0]]
     for prompt, images, want in zip(prompts, [[], [photo()]], expected):
         ids, mask, pixel_values = encode(path, [prompt], [images], add_special_tokens=True)
