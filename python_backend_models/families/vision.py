@@ -7,11 +7,12 @@ their encoders (``colqwen3``, ``colqwen3_5``, ``nemotron_vl`` in this package) i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from ..cards import BI_ENCODER, CROSS_ENCODER, LATE_INTERACTION, ModelInfo
-from ..checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from ..checkpoint import Checkpoint, CheckpointError
 from .text import Family, _has_pad_token, _require_safetensors
 
 
@@ -133,10 +134,12 @@ class NemotronVLEmbedFamily(VisionFamily):
     def read(self, ckpt):
         from ..nemotron_card import read_nemotron_vl
 
-        card = read_nemotron_vl(ckpt.path)
+        card = read_nemotron_vl(ckpt.path, overrides=ckpt.config)
         if card.get("kind") != self.kind:
             raise CheckpointError(f"{ckpt.path} is a Nemotron VL {card.get('kind')} checkpoint, not {self.kind}")
-        return card
+        card = json.loads(json.dumps(card, default=str))  # paths as strings: the card is JSON
+        return {**card, "dim": card["hidden_size"], "image_token_id": card["img_context_token_id"],
+                "max_position_embeddings": card["max_model_len"]}
 
     kind = "embed"
 
@@ -145,10 +148,9 @@ class NemotronVLEmbedFamily(VisionFamily):
 
     def layout(self, info):
         from ..multimodal import NemotronVLLayout
-        from ..nemotron_vl_images import TilingParams
+        from ..nemotron_card import tiling_params
 
-        params = TilingParams.from_checkpoint(open_checkpoint(Path(info.path)))
-        return NemotronVLLayout(params, int(info.family_config["image_token_id"]))
+        return NemotronVLLayout(tiling_params(info.family_config), int(info.family_config["image_token_id"]))
 
     def default_chat_template(self):
         from ..chat_templates import NEMOTRON_EMBED, bundled

@@ -38,7 +38,8 @@ class VisionEncoder(Encoder):
         self.max_batch_tokens = max_batch_tokens
         self.pass_cost_tokens = 64 if self.device.type == "cpu" else 4096
         self.forward_passes = 0
-        self.vocab_size = int(self.model.vocab_size)
+        self.vocab_size = int(getattr(self.model, "vocab_size", 0)
+                              or self.model.language_model.embed_tokens.num_embeddings)
 
     def load(self, path: Path):
         raise NotImplementedError
@@ -100,6 +101,7 @@ class NemotronRerankEncoder(NemotronEmbedEncoder):
     def heads(self, pack: PackInputs, wanted: Wanted) -> list[Any]:
         from .base import ItemOutput
 
-        logits = self.model.score_from_hidden(pack.hidden, pack.attention)  # (rows,)
+        pooled = self.model.pool(pack.hidden, pack.attention)  # (rows, H) over the attention mask
+        logits = torch.nn.functional.linear(pooled, self.model.score.weight.float())[:, 0]
         scores = [torch.sigmoid(x) if norm else x for x, norm in zip(logits, pack.normalize)]
         return [ItemOutput(token_embeddings=None, embedding=np.array([float(s)], dtype=np.float32)) for s in scores]
