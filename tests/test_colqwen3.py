@@ -231,6 +231,7 @@ def test_a_declared_dim_the_weights_do_not_have_is_refused_naming_the_field(chec
     # --hf-overrides with the right value mends it.
     good = case[2] or 64
     assert read_colqwen3(folder, {field: good})["dim"] == good
+    assert load_colqwen3(folder, overrides={field: good}, device=torch.device("cpu"), dtype=torch.float32).dim == good
 
 
 @pytest.mark.parametrize("case", [("tomoro", True, 16), ("opensearch", True, 24), ("nvidia", False, None)],
@@ -296,3 +297,24 @@ def test_fixture_matches_the_real_repos_conventions(checkpoints):
     assert tokenizer.apply_chat_template(messages, tokenize=False) == (
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n"
     )
+
+
+def test_a_sharded_checkpoint_loads_like_the_single_file(checkpoints, rows, tmp_path):
+    """model.safetensors.index.json + shards, as the 4B/8B repos ship them, give the same vectors."""
+    source = checkpoints[("opensearch", True, 24)]
+    folder = _copy(source, tmp_path / "sharded")
+    tensors = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(folder / shard), metadata={"format": "pt"})
+    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+             "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert read_colqwen3(folder) == read_colqwen3(source)
+    config = QwenVLImageConfig.from_checkpoint(folder)
+    inputs = _batch(rows, config)
+    single = load_colqwen3(source, overrides={}, device=torch.device("cpu"), dtype=torch.float32)(*inputs)
+    sharded = load_colqwen3(folder, overrides={}, device=torch.device("cpu"), dtype=torch.float32)(*inputs)
+    assert torch.equal(single, sharded)
