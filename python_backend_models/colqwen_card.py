@@ -123,8 +123,8 @@ def read_colqwen3(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     Returns ``dim`` (output vector size), ``hidden_size`` (text), ``layout`` (``"tomoro"`` | ``"colpali"`` |
     ``"opensearch"``), ``projection`` (``(weight key, bias key or None)`` or None), ``dim_field`` (the config field
     that declared the dim, or None), ``image_token_id``, ``video_token_id``, ``vision_start_token_id``,
-    ``vision_end_token_id``, ``max_position_embeddings``, ``model_type``.  ``overrides`` are applied to
-    ``config.json`` first (``--hf-overrides``).  Raises :class:`CheckpointError` naming the fix.
+    ``vision_end_token_id``, ``max_position_embeddings``, ``model_type``, ``architecture``.  ``overrides`` are
+    applied to ``config.json`` first (``--hf-overrides``).  Raises :class:`CheckpointError` naming the fix.
     """
     path = Path(path)
     config_file = path / "config.json"
@@ -168,7 +168,9 @@ def read_colqwen3(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             )
         dim = shape[0]
         if bias_key is not None and shapes[bias_key][0] != [dim]:
-            raise CheckpointError(f"{path}: projection bias {bias_key} has shape {shapes[bias_key][0]}, expected [{dim}]")
+            raise CheckpointError(
+                f"{path}: projection bias {bias_key} has shape {shapes[bias_key][0]}, expected [{dim}]"
+            )
         if declared is not None and declared != dim:
             raise CheckpointError(
                 f"{config_file} says {dim_field}={declared} but the projection {weight_key} outputs {dim}; "
@@ -188,4 +190,5 @@ def read_colqwen3(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         **ids,
         "max_position_embeddings": int(text.get("max_position_embeddings", 128000)),
         "model_type": config.get("model_type"),
+        "architecture": (config.get("architectures") or [None])[0],
     }

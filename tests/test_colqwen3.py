@@ -231,6 +231,7 @@ def test_a_declared_dim_the_weights_do_not_have_is_refused_naming_the_field(chec
     # --hf-overrides with the right value mends it.
     good = case[2] or 64
     assert read_colqwen3(folder, {field: good})["dim"] == good
+    assert load_colqwen3(folder, overrides={field: good}, device=torch.device("cpu"), dtype=torch.float32).dim == good
 
 
 @pytest.mark.parametrize("case", [("tomoro", True, 16), ("opensearch", True, 24), ("nvidia", False, None)],
@@ -296,3 +297,63 @@ def test_fixture_matches_the_real_repos_conventions(checkpoints):
     assert tokenizer.apply_chat_template(messages, tokenize=False) == (
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n"
     )
+
+
+def test_a_sharded_checkpoint_loads_like_the_single_file(checkpoints, rows, tmp_path):
+    """model.safetensors.index.json + shards, as the 4B/8B repos ship them, give the same vectors."""
+    source = checkpoints[("opensearch", True, 24)]
+    folder = _copy(source, tmp_path / "sharded")
+    tensors = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(folder / shard), metadata={"format": "pt"})
+    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+             "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert read_colqwen3(folder) == read_colqwen3(source)
+    config = QwenVLImageConfig.from_checkpoint(folder)
+    inputs = _batch(rows, config)
+    single = load_colqwen3(source, overrides={}, device=torch.device("cpu"), dtype=torch.float32)(*inputs)
+    sharded = load_colqwen3(folder, overrides={}, device=torch.device("cpu"), dtype=torch.float32)(*inputs)
+    assert torch.equal(single, sharded)
+
+
+def _status_mb(field: str) -> float:
+    for line in open("/proc/self/status", encoding="ascii"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"/proc/self/status has no {field}")
+
+
+def test_loading_holds_no_second_copy_of_the_weights(checkpoints, tmp_path):
+    """The peak resident memory of a load in the checkpoint's own dtype grows by far less than the weights:
+    the tensors are assigned from the file's mapping, never copied (a copy would add all of them)."""
+    sizes = tiny_colqwen.Qwen3VLSizes(hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=128,
+                                      mrope_section=(24, 20, 20))
+    folder = tiny_colqwen.write_colqwen3(tmp_path / "mid", "nvidia", dim=None, sizes=sizes, seed=3)
+    weight_mb = (folder / "model.safetensors").stat().st_size / 2**20
+    assert weight_mb > 40
+    load_colqwen3(checkpoints[("nvidia", False, None)], overrides={}, device=torch.device("cpu"),
+                  dtype=torch.float32)  # imports and first-use allocations outside the measurement
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+        fh.write("5")  # resets VmHWM, the peak resident set, to the current one
+    before = _status_mb("VmHWM")
+    model = load_colqwen3(folder, overrides={}, device=torch.device("cpu"), dtype=torch.float32)
+    grown = _status_mb("VmHWM") - before
+    assert sum(p.numel() * 4 for p in model.backbone.parameters()) / 2**20 > 0.95 * weight_mb
+    assert grown < 0.25 * weight_mb, f"loading {weight_mb:.0f} MB of weights raised the peak RSS by {grown:.0f} MB"
+
+
+def test_the_card_reads_without_torch(checkpoints):
+    """The repository builder and the preprocess stage read the card in processes that never import torch."""
+    import subprocess
+    import sys
+
+    folder = checkpoints[("tomoro", True, 16)]
+    code = ("import sys; from python_backend_models.colqwen_card import read_colqwen3; "
+            f"card = read_colqwen3({str(folder)!r}); print(card['dim'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["16", "False"]

@@ -2,16 +2,14 @@
 
 :func:`write_colqwen3` writes one folder as each vendor ships it (reference/vllm_semantics.md §5.1):
 
-=============  ===============================  ==========================  ====================================  ==========
-layout         architectures / model_type       backbone keys               projection keys                       dim field
-=============  ===============================  ==========================  ====================================  ==========
-``tomoro``     ColQwen3 / colqwen3              ``vlm.model.visual.*``,     ``embedding_proj_layer.{weight,bias}``  embed_dim
-               (TomoroAI/tomoro-colqwen3-*)     ``vlm.model.language_model.*``, ``vlm.lm_head.weight``
-``opensearch`` OpsColQwen3Model / ops_colqwen3  bare ``visual.*``,          ``custom_text_proj.{weight,bias}``      dims
-               (OpenSearch-AI/Ops-Colqwen3-*)   ``language_model.*``
-``nvidia``     Qwen3VLNemotronEmbedModel /      ``model.visual.*``,         ``custom_text_proj.{weight,bias}``      dim
-               qwen3_vl_nemotron_embed          ``model.language_model.*``, ``lm_head.weight``
-=============  ===============================  ==========================  ====================================  ==========
+* ``tomoro`` (TomoroAI/tomoro-colqwen3-embed-*): architectures ``ColQwen3``, model_type ``colqwen3``; backbone
+  ``vlm.model.visual.*`` / ``vlm.model.language_model.*`` + ``vlm.lm_head.weight``; projection
+  ``embedding_proj_layer.{weight,bias}``; dim field ``embed_dim``.
+* ``opensearch`` (OpenSearch-AI/Ops-Colqwen3-*): ``OpsColQwen3Model``, ``ops_colqwen3``; bare ``visual.*`` /
+  ``language_model.*``, no LM head; ``custom_text_proj.{weight,bias}``; ``dims``.
+* ``nvidia`` (nvidia/nemotron-colembed-vl-*): ``Qwen3VLNemotronEmbedModel``, ``qwen3_vl_nemotron_embed``;
+  ``model.visual.*`` / ``model.language_model.*`` + ``lm_head.weight``; ``custom_text_proj.{weight,bias}``;
+  ``dim``.
 
 ``dim=None`` writes no projection at all (the model then returns the normalised hidden states, as
 nemotron-colembed-vl does) and no dim field.
@@ -149,7 +147,8 @@ class Qwen3VLSizes:
     temporal_patch_size: int = 2
 
 
-# Qwen/Qwen3-VL-4B-Instruct's backbone (the base of tomoro-colqwen3-embed-4b, Ops-Colqwen3-4B, nemotron-colembed-vl-4b-v2).
+# Qwen/Qwen3-VL-4B-Instruct's backbone sizes (the base of tomoro-colqwen3-embed-4b, Ops-Colqwen3-4B and
+# nemotron-colembed-vl-4b-v2).
 QWEN3_VL_4B = Qwen3VLSizes(
     vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
     num_key_value_heads=8, head_dim=128, mrope_section=(24, 20, 20), max_position_embeddings=262144,

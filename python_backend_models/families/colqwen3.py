@@ -174,13 +174,15 @@ def load_colqwen3(path: Path, *, overrides: dict | None = None, device: torch.de
     projection: dict[str, torch.Tensor] = {}
     wrong: list[str] = []
     ignored: list[str] = []
-    # safe_open maps the file; each tensor is read once, straight onto the device, then cast.
+    # safe_open maps the file: on the CPU a tensor already in ``dtype`` is used in place (no copy, its pages load
+    # on first use), others are cast one at a time; on a GPU each tensor is copied over once, then cast.
     target = device.type if device.index is None else f"{device.type}:{device.index}"
     for file in weight_files(path):
         with safe_open(str(file), framework="pt", device=target) as fh:
             for key in fh.keys():
                 if key in proj_keys:
-                    projection[key] = fh.get_tensor(key).float()
+                    # A copy: a tensor of the file's own dtype would keep the file's mapping alive after loading.
+                    projection[key] = fh.get_tensor(key).to(torch.float32, copy=True)
                     continue
                 mapped = next((ours + key[len(theirs):] for theirs, ours in prefixes if key.startswith(theirs)), None)
                 if mapped is None:
