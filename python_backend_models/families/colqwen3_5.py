@@ -9,9 +9,9 @@ The checkpoint's rules (config fields, key layout, projection size, attention co
   serving dtype, so loading peaks near the size of the weights, not twice it.  Only the rotary frequency tables
   (computed, not stored) are built afresh on the device.
 * **Attention contract** (vLLM PR #49372): ``"bidirectional"`` makes the full-attention layers attend to every
-  non-padding token of the row (transformers' bidirectional mask, and ``is_causal`` off so SDPA / flash never
-  fall back to a causal kernel); the GatedDeltaNet layers are a left-to-right recurrence by construction and stay
-  as they are.  ``"causal"`` is the backbone unchanged.
+  non-padding token of the row (the text config's ``is_causal`` false: transformers' bidirectional padding mask
+  and no causal kernel); the GatedDeltaNet layers are a left-to-right recurrence by construction and stay as
+  they are.  ``"causal"`` is the backbone unchanged.
 * **Head**: the projection runs in float32 on the float32 hidden states, bias included when the checkpoint has one
   (vLLM before PR #46108 dropped it), then L2 per token; padding positions come back as zero vectors.
 """
@@ -58,10 +58,9 @@ def _load_backbone(path: Path, card: dict[str, Any], config, device: torch.devic
         backbone = Qwen3_5Model(config)
     prefix = card["key_prefix"]
     state: dict[str, torch.Tensor] = {}
-    # safetensors reads straight onto a CUDA device; converting there keeps host memory at one tensor at a time.
-    load_device = str(device) if device.type == "cuda" else "cpu"
     for file in weight_files(path):
-        with safe_open(str(file), framework="pt", device=load_device) as fh:
+        # One tensor at a time: read (memory-mapped), converted and moved, so the host holds one temporary.
+        with safe_open(str(file), framework="pt", device="cpu") as fh:
             for key in fh.keys():
                 name = backbone_key(key, prefix)
                 if name is not None:
@@ -130,13 +129,10 @@ class ColQwen35Model(torch.nn.Module):
             self._make_bidirectional()
 
     def _make_bidirectional(self) -> None:
-        text = self.backbone.language_model
-        # transformers' create_causal_mask returns its bidirectional (padding-only) mask when the config says
-        # is_causal false; the modules' flag is what SDPA and flash attention read when there is no mask at all.
-        text.config.is_causal = False
-        for layer in text.layers:
-            if layer.block_type == "full_attention":
-                layer.self_attn.is_causal = False
+        # transformers' own switch (5.23): with the text config's is_causal false, Qwen3_5TextModel's forward
+        # passes is_causal=False to every attention call (SDPA / flash never pick their causal kernel) and
+        # create_causal_mask returns the bidirectional padding-only mask.  GatedDeltaNet ignores it.
+        self.backbone.language_model.config.is_causal = False
 
     @property
     def device(self) -> torch.device:
@@ -214,6 +210,10 @@ class ColQwen35Model(torch.nn.Module):
             raise InputError(f"an input has {input_ids.shape[1]} tokens; this model's limit is {self.max_positions}")
         if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
             raise InputError(f"token ids must be in [0, {self.vocab_size}), got {int(input_ids.min())}..{int(input_ids.max())}")
+        lengths = attention_mask.to(torch.long).sum(-1)
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        if not torch.equal(attention_mask != 0, positions[None, :] < lengths[:, None]) or (lengths == 0).any():
+            raise InputError("each row's attention_mask must be ones then zeros (right padding) with at least one 1")
         device = self.device
         input_ids = input_ids.to(device=device, dtype=torch.long)
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
