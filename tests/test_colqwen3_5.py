@@ -292,3 +292,47 @@ def test_bad_inputs_are_input_errors_naming_what_is_wrong(folders, models):
         model(ids, torch.cat([torch.zeros((1, 1), dtype=torch.long), mask[:, 1:]], dim=1), pixel_values, grid)
     with pytest.raises(InputError, match="token ids must be in"):
         model(torch.tensor([[model.vocab_size]]), torch.ones((1, 1), dtype=torch.long))
+
+
+def test_encode_items_packs_text_and_image_items_and_equals_each_alone(folders, models):
+    """Items of mixed lengths, one with two images, in packs of several rows: each equals the item alone."""
+    folder, model = folders["bidirectional"], models["bidirectional"]
+    config = QwenVLImageConfig.from_checkpoint(folder)
+    first, second = preprocess_image(_image(5, (64, 96)), config), preprocess_image(_image(6, (128, 64)), config)
+    prompt = "".join(f"<|vision_start|>{'<|image_pad|>' * p.num_placeholders}<|vision_end|>" for p in (first, second))
+    two = {
+        "input_ids": np.array(_tokenizer(folder).encode(prompt + "Compare the pages.").ids),
+        "pixel_values": np.concatenate([first.pixel_values, second.pixel_values]),
+        "image_grid_thw": np.concatenate([first.image_grid_thw, second.image_grid_thw]),
+    }
+    one_ids, one_pixels, one_grid = _image_row(folder, _image(7, (96, 96)))
+    one = {"input_ids": np.array(one_ids), "pixel_values": one_pixels.numpy(), "image_grid_thw": one_grid.numpy()}
+    items = [{"input_ids": np.array(row)} for row in _text_rows(folder)] + [two, one]
+    packed = model.encode_items(items, pass_cost=1000)  # a high pass cost: everything in one pack
+    single = model.encode_items(items, max_rows=1)
+    for i, item in enumerate(items):
+        ids = torch.from_numpy(item["input_ids"])[None]
+        images = [torch.from_numpy(item[k]) if k in item else None for k in ("pixel_values", "image_grid_thw")]
+        alone = model(ids, torch.ones_like(ids), *images)[0].numpy()
+        assert packed[i].shape == (item["input_ids"].size, 16)
+        assert np.abs(packed[i] - alone).max() <= ATOL, f"item {i}"
+        assert np.abs(single[i] - alone).max() <= ATOL, f"item {i}"
+    bad = dict(one, input_ids=one["input_ids"][1:])  # drops <|im_start|>: fine; then drop one placeholder
+    model.check_item(bad)
+    bad["input_ids"] = np.delete(bad["input_ids"], np.flatnonzero(bad["input_ids"] == model.image_token_id)[0])
+    with pytest.raises(InputError, match="do not match"):
+        model.encode_items([items[0], bad])
+
+
+def test_missing_backbone_weights_and_stray_tensors_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = write_colqwen3_5(tmp_path / "c")
+    tensors = load_file(str(folder / "model.safetensors"))
+    gone = "language_model.layers.1.self_attn.q_proj.weight"
+    save_file({k: v for k, v in tensors.items() if k != gone}, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"missing \\['{gone}'\\]"):
+        load_colqwen3_5(folder)
+    save_file({**tensors, "pooler.dense.weight": torch.zeros(2, 2)}, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="pooler.dense.weight"):
+        read_colqwen3_5(folder)
