@@ -217,12 +217,17 @@ def test_a_checkpoint_without_a_valid_attention_contract_is_refused(tmp_path, co
     assert model.attention_contract == "causal"
 
 
-def test_a_text_config_contract_that_disagrees_is_refused(tmp_path):
+def test_a_text_config_contract_or_is_causal_that_disagrees_is_refused(tmp_path):
     folder = write_colqwen3_5(tmp_path / "c", contract="bidirectional")
     config = json.loads((folder / "config.json").read_text())
     config["text_config"]["retrieval_attention_contract"] = "causal"
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="text_config.retrieval_attention_contract"):
+        read_colqwen3_5(folder)
+    del config["text_config"]["retrieval_attention_contract"]
+    config["text_config"]["is_causal"] = True
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="text_config.is_causal is True but retrieval_attention_contract is 'bidirectional'"):
         read_colqwen3_5(folder)
 
 
