@@ -341,3 +341,23 @@ def test_missing_backbone_weights_and_stray_tensors_are_refused(tmp_path):
     save_file({**tensors, "pooler.dense.weight": torch.zeros(2, 2)}, str(folder / "model.safetensors"))
     with pytest.raises(CheckpointError, match="pooler.dense.weight"):
         read_colqwen3_5(folder)
+
+
+def test_the_fixture_tokenizer_and_chat_template_are_qwen3_vl_style(folders):
+    """transformers reads the fixture's tokenizer files: special ids agree with config.json and the chat template
+    renders Qwen3-VL's retrieval prompt."""
+    from transformers import AutoTokenizer
+
+    folder = folders["bidirectional"]
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    for name, token in [("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+                        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]:
+        assert tokenizer.convert_tokens_to_ids(token) == config[name]
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.bos_token is None
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    assert rendered == "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n"
+    ids = tokenizer(rendered)["input_ids"]
+    assert ids == _tokenizer(folder).encode(rendered).ids and ids.count(config["image_token_id"]) == 1
+    assert (folder / "model.safetensors").stat().st_size < 2_000_000

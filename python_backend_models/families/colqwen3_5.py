@@ -122,10 +122,12 @@ class ColQwen35Model(torch.nn.Module):
         self.patch_dim = 3 * int(card["temporal_patch_size"]) * int(card["patch_size"]) ** 2
         self.vocab_size = backbone.get_input_embeddings().num_embeddings
         self.max_positions = int(card["max_position_embeddings"])
-        # transformers' own switch (5.23): with the text config's is_causal false, Qwen3_5TextModel's forward
-        # passes is_causal=False to every attention call (SDPA / flash never pick their causal kernel) and
-        # create_causal_mask returns the bidirectional padding-only mask.  GatedDeltaNet ignores it.
-        self.backbone.language_model.config.is_causal = self.attention_contract == "causal"
+        if self.attention_contract == "bidirectional":
+            # transformers' own switch (5.23): with the text config's is_causal false, Qwen3_5TextModel's forward
+            # passes is_causal=False to every attention call (SDPA / flash never pick their causal kernel) and
+            # create_causal_mask returns the bidirectional padding-only mask.  The GatedDeltaNet layers get the
+            # flag too and ignore it.  "causal" leaves the config as it is (the card refused an is_causal false).
+            self.backbone.language_model.config.is_causal = False
 
     @property
     def device(self) -> torch.device:
