@@ -361,3 +361,16 @@ def test_the_fixture_tokenizer_and_chat_template_are_qwen3_vl_style(folders):
     ids = tokenizer(rendered)["input_ids"]
     assert ids == _tokenizer(folder).encode(rendered).ids and ids.count(config["image_token_id"]) == 1
     assert (folder / "model.safetensors").stat().st_size < 2_000_000
+
+
+def test_a_bfloat16_load_runs_text_and_images_close_to_float32(folders, models):
+    """The serving dtype of a GPU: bf16 weights (projection kept float32), float32 unit vectors out; random tiny
+    weights amplify rounding, so only closeness is checked (per-token cosine)."""
+    folder = folders["bidirectional"]
+    half = load_colqwen3_5(folder, dtype="bfloat16")
+    assert half.dtype == torch.bfloat16 and half.projection_weight.dtype == torch.float32
+    row, pixel_values, grid = _image_row(folder, _image(8, (96, 64)))
+    ids, mask = _batch([row, _text_rows(folder)[0]], pad_id=0)
+    full, low = models["bidirectional"](ids, mask, pixel_values, grid), half(ids, mask, pixel_values, grid)
+    assert low.dtype == torch.float32
+    assert (_real(full, mask) * _real(low, mask)).sum(-1).min() > 0.95
