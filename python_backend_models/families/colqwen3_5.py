@@ -137,12 +137,25 @@ class ColQwen35Model(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return self.backbone.get_input_embeddings().weight.dtype
 
-    def _image_inputs(
+    def _validate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
         image_grid_thw: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        """Check the placeholders against the images; the ``mm_token_type_ids`` (B, T) transformers wants, or None
-        for a text-only batch."""
+        """Refuse what would break the forward pass (``InputError``); the ``mm_token_type_ids`` (B, T) transformers
+        wants, or None for a text-only batch.  Shapes as in :meth:`forward`."""
+        if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+            raise InputError(
+                f"input_ids and attention_mask must both be (batch, tokens), got {tuple(input_ids.shape)} and "
+                f"{tuple(attention_mask.shape)}"
+            )
+        if input_ids.shape[1] > self.max_positions:
+            raise InputError(f"an input has {input_ids.shape[1]} tokens; this model's limit is {self.max_positions}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
+            raise InputError(f"token ids must be in [0, {self.vocab_size}), got {int(input_ids.min())}..{int(input_ids.max())}")
+        lengths = attention_mask.sum(-1)
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        if not torch.equal(attention_mask != 0, positions[None, :] < lengths[:, None]) or (lengths == 0).any():
+            raise InputError("each row's attention_mask must be ones then zeros (right padding) with at least one 1")
         is_image = input_ids == self.image_token_id
         n_placeholders = int(is_image.sum())
         if pixel_values is None or image_grid_thw is None:
@@ -196,23 +209,10 @@ class ColQwen35Model(torch.nn.Module):
         (n_images, 3) int for the images whose ``<|image_pad|>`` runs appear in the rows, in order
         (``qwen_vl_images.preprocess_images``), or both None.  Bad input raises ``InputError``.
         """
-        if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
-            raise InputError(
-                f"input_ids and attention_mask must both be (batch, tokens), got {tuple(input_ids.shape)} and "
-                f"{tuple(attention_mask.shape)}"
-            )
-        if input_ids.shape[1] > self.max_positions:
-            raise InputError(f"an input has {input_ids.shape[1]} tokens; this model's limit is {self.max_positions}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
-            raise InputError(f"token ids must be in [0, {self.vocab_size}), got {int(input_ids.min())}..{int(input_ids.max())}")
-        lengths = attention_mask.to(torch.long).sum(-1)
-        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-        if not torch.equal(attention_mask != 0, positions[None, :] < lengths[:, None]) or (lengths == 0).any():
-            raise InputError("each row's attention_mask must be ones then zeros (right padding) with at least one 1")
         device = self.device
         input_ids = input_ids.to(device=device, dtype=torch.long)
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
-        mm_token_type_ids = self._image_inputs(input_ids, attention_mask, pixel_values, image_grid_thw)
+        mm_token_type_ids = self._validate(input_ids, attention_mask, pixel_values, image_grid_thw)
         kwargs: dict[str, Any] = {}
         if mm_token_type_ids is not None:
             kwargs = {
@@ -228,21 +228,16 @@ class ColQwen35Model(torch.nn.Module):
         vectors = F.normalize(F.linear(hidden, self.projection_weight, self.projection_bias), p=2, dim=-1)
         return vectors * attention_mask[..., None].to(vectors.dtype)
 
-
     def check_item(self, item: Mapping[str, np.ndarray]) -> None:
         """Refuse one item that would break a shared forward pass (``InputError`` naming what is wrong): its ids,
         length and image placeholders against its own images.  Item layout in :meth:`encode_items`."""
         ids = np.asarray(item["input_ids"])
-        if ids.ndim != 1 or ids.size == 0:
-            raise InputError(f"input_ids must be a non-empty 1-D array, got shape {ids.shape}")
-        if ids.size > self.max_positions:
-            raise InputError(f"an input has {ids.size} tokens; this model's limit is {self.max_positions}")
-        if ids.min() < 0 or ids.max() >= self.vocab_size:
-            raise InputError(f"token ids must be in [0, {self.vocab_size}), got {int(ids.min())}..{int(ids.max())}")
+        if ids.ndim != 1:
+            raise InputError(f"input_ids must be a 1-D array, got shape {ids.shape}")
         row = torch.from_numpy(ids.astype(np.int64))[None]
         pixels, grid = item.get("pixel_values"), item.get("image_grid_thw")
-        self._image_inputs(row, torch.ones_like(row), None if pixels is None else torch.from_numpy(np.asarray(pixels)),
-                           None if grid is None else torch.from_numpy(np.asarray(grid)))
+        self._validate(row, torch.ones_like(row), None if pixels is None else torch.from_numpy(np.asarray(pixels)),
+                       None if grid is None else torch.from_numpy(np.asarray(grid)))
 
     def encode_items(
         self, items: Sequence[Mapping[str, np.ndarray]], *, max_batch_tokens: int = 16384, max_rows: int = 64,
