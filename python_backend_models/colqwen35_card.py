@@ -11,7 +11,7 @@ reference/vllm_semantics.md section 6):
   else 128; it must equal the projection weight's rows.
 * ``retrieval_attention_contract`` must be ``"bidirectional"`` (the full-attention layers see every non-padding
   token) or ``"causal"``; anything else, or none, refuses the checkpoint.  A ``text_config`` copy that disagrees
-  is refused too.
+  is refused too, and so is an ``is_causal`` that says the other thing.
 * Weights: ``language_model.*`` (the text model), ``visual.*`` (the vision tower), optionally all under one
   ``model.`` prefix; ``mtp.*`` (multi-token prediction) is not used; the projection is every tensor whose name
   contains ``custom_text_proj`` or ``embedding_proj_layer`` (``.weight`` (dim, hidden) and, when present,
@@ -77,6 +77,11 @@ def attention_contract(config: dict[str, Any], where: str = "config.json") -> st
         raise CheckpointError(
             f"{where}: {CONTRACT_FIELD} is {value!r} but text_config.{CONTRACT_FIELD} is {text_value!r}; make them agree"
         )
+    # transformers reads is_causal from the text config; one that says otherwise would silently win.
+    for section, place in ((config, "is_causal"), (config["text_config"], "text_config.is_causal")):
+        declared = section.get("is_causal")
+        if declared is not None and bool(declared) != (value == "causal"):
+            raise CheckpointError(f"{where}: {place} is {declared!r} but {CONTRACT_FIELD} is {value!r}; make them agree")
     return value
 
 

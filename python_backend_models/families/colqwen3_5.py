@@ -9,9 +9,9 @@ The checkpoint's rules (config fields, key layout, projection size, attention co
   serving dtype, so loading peaks near the size of the weights, not twice it.  Only the rotary frequency tables
   (computed, not stored) are built afresh on the device.
 * **Attention contract** (vLLM PR #49372): ``"bidirectional"`` makes the full-attention layers attend to every
-  non-padding token of the row (transformers' bidirectional mask, and ``is_causal`` off so SDPA / flash never
-  fall back to a causal kernel); the GatedDeltaNet layers are a left-to-right recurrence by construction and stay
-  as they are.  ``"causal"`` is the backbone unchanged.
+  non-padding token of the row (the text config's ``is_causal`` false: transformers' bidirectional padding mask
+  and no causal kernel); the GatedDeltaNet layers are a left-to-right recurrence by construction and stay as
+  they are.  ``"causal"`` is the backbone unchanged.
 * **Head**: the projection runs in float32 on the float32 hidden states, bias included when the checkpoint has one
   (vLLM before PR #46108 dropped it), then L2 per token; padding positions come back as zero vectors.
 """
@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,28 +50,38 @@ def _backbone_config(raw: dict[str, Any], attn_implementation: str):
     return config
 
 
-def _load_backbone(path: Path, card: dict[str, Any], config, device: torch.device, dtype: torch.dtype):
-    """``Qwen3_5Model`` with the checkpoint's weights, built without a second copy (see the module docstring)."""
+def _read_weights(path: Path, card: dict[str, Any], device: torch.device, dtype: torch.dtype):
+    """(backbone state dict in ``dtype``, projection weight (dim, hidden) and bias (dim,) or None in float32),
+    all on ``device``.  One tensor at a time is read (memory-mapped), converted and moved, so the host holds one
+    temporary beside the weights; ``mtp.*`` and ``lm_head.*`` are never read."""
     from safetensors import safe_open
+
+    prefix = card["key_prefix"]
+    projection = {card["projection_weight"], card["projection_bias"]} - {None}
+    state: dict[str, torch.Tensor] = {}
+    head: dict[str, torch.Tensor] = {}
+    for file in weight_files(path):
+        with safe_open(str(file), framework="pt", device="cpu") as fh:
+            for key in fh.keys():
+                if key in projection:
+                    head[key] = fh.get_tensor(key).to(device=device, dtype=torch.float32)
+                elif (name := backbone_key(key, prefix)) is not None:
+                    state[name] = fh.get_tensor(key).to(device=device, dtype=dtype)
+    bias = head[card["projection_bias"]] if card["projection_bias"] else None
+    return state, head[card["projection_weight"]], bias
+
+
+def _build_backbone(path: Path, config, state: dict[str, torch.Tensor], device: torch.device):
+    """``Qwen3_5Model`` built on the meta device, its parameters then taken over from ``state`` (``assign=True``:
+    no second copy, no random initialisation)."""
     from transformers import Qwen3_5Model
 
     with torch.device("meta"):
         backbone = Qwen3_5Model(config)
-    prefix = card["key_prefix"]
-    state: dict[str, torch.Tensor] = {}
-    # safetensors reads straight onto a CUDA device; converting there keeps host memory at one tensor at a time.
-    load_device = str(device) if device.type == "cuda" else "cpu"
-    for file in weight_files(path):
-        with safe_open(str(file), framework="pt", device=load_device) as fh:
-            for key in fh.keys():
-                name = backbone_key(key, prefix)
-                if name is not None:
-                    state[name] = fh.get_tensor(key).to(device=device, dtype=dtype)
     try:
         missing, unexpected = backbone.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:  # a shape that does not fit config.json
         raise CheckpointError(f"{path}: the weights do not fit config.json: {exc}") from None
-    del state
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not match config.json's Qwen3.5 model; missing {sorted(missing)[:5]}, "
@@ -88,21 +99,6 @@ def _load_backbone(path: Path, card: dict[str, Any], config, device: torch.devic
         raise CheckpointError(f"{path}: no weights for {left[:5]}")
     backbone.requires_grad_(False)
     return backbone.eval()
-
-
-def _projection(path: Path, card: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The projection's (dim, hidden) weight and (dim,) bias (None without one), float32 on ``device``."""
-    from safetensors import safe_open
-
-    wanted = {card["projection_weight"], card["projection_bias"]} - {None}
-    found: dict[str, torch.Tensor] = {}
-    for file in weight_files(path):
-        with safe_open(str(file), framework="pt", device="cpu") as fh:
-            for key in wanted & set(fh.keys()):
-                found[key] = fh.get_tensor(key).to(device=device, dtype=torch.float32)
-    weight = found[card["projection_weight"]]
-    bias = found[card["projection_bias"]] if card["projection_bias"] else None
-    return weight, bias
 
 
 class ColQwen35Model(torch.nn.Module):
@@ -127,16 +123,11 @@ class ColQwen35Model(torch.nn.Module):
         self.vocab_size = backbone.get_input_embeddings().num_embeddings
         self.max_positions = int(card["max_position_embeddings"])
         if self.attention_contract == "bidirectional":
-            self._make_bidirectional()
-
-    def _make_bidirectional(self) -> None:
-        text = self.backbone.language_model
-        # transformers' create_causal_mask returns its bidirectional (padding-only) mask when the config says
-        # is_causal false; the modules' flag is what SDPA and flash attention read when there is no mask at all.
-        text.config.is_causal = False
-        for layer in text.layers:
-            if layer.block_type == "full_attention":
-                layer.self_attn.is_causal = False
+            # transformers' own switch (5.23): with the text config's is_causal false, Qwen3_5TextModel's forward
+            # passes is_causal=False to every attention call (SDPA / flash never pick their causal kernel) and
+            # create_causal_mask returns the bidirectional padding-only mask.  The GatedDeltaNet layers get the
+            # flag too and ignore it.  "causal" leaves the config as it is (the card refused an is_causal false).
+            self.backbone.language_model.config.is_causal = False
 
     @property
     def device(self) -> torch.device:
@@ -146,12 +137,25 @@ class ColQwen35Model(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return self.backbone.get_input_embeddings().weight.dtype
 
-    def _image_inputs(
+    def _validate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
         image_grid_thw: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        """Check the placeholders against the images; the ``mm_token_type_ids`` (B, T) transformers wants, or None
-        for a text-only batch."""
+        """Refuse what would break the forward pass (``InputError``); the ``mm_token_type_ids`` (B, T) transformers
+        wants, or None for a text-only batch.  Shapes as in :meth:`forward`."""
+        if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+            raise InputError(
+                f"input_ids and attention_mask must both be (batch, tokens), got {tuple(input_ids.shape)} and "
+                f"{tuple(attention_mask.shape)}"
+            )
+        if input_ids.shape[1] > self.max_positions:
+            raise InputError(f"an input has {input_ids.shape[1]} tokens; this model's limit is {self.max_positions}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
+            raise InputError(f"token ids must be in [0, {self.vocab_size}), got {int(input_ids.min())}..{int(input_ids.max())}")
+        lengths = attention_mask.sum(-1)
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        if not torch.equal(attention_mask != 0, positions[None, :] < lengths[:, None]) or (lengths == 0).any():
+            raise InputError("each row's attention_mask must be ones then zeros (right padding) with at least one 1")
         is_image = input_ids == self.image_token_id
         n_placeholders = int(is_image.sum())
         if pixel_values is None or image_grid_thw is None:
@@ -205,19 +209,10 @@ class ColQwen35Model(torch.nn.Module):
         (n_images, 3) int for the images whose ``<|image_pad|>`` runs appear in the rows, in order
         (``qwen_vl_images.preprocess_images``), or both None.  Bad input raises ``InputError``.
         """
-        if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
-            raise InputError(
-                f"input_ids and attention_mask must both be (batch, tokens), got {tuple(input_ids.shape)} and "
-                f"{tuple(attention_mask.shape)}"
-            )
-        if input_ids.shape[1] > self.max_positions:
-            raise InputError(f"an input has {input_ids.shape[1]} tokens; this model's limit is {self.max_positions}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
-            raise InputError(f"token ids must be in [0, {self.vocab_size}), got {int(input_ids.min())}..{int(input_ids.max())}")
         device = self.device
         input_ids = input_ids.to(device=device, dtype=torch.long)
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
-        mm_token_type_ids = self._image_inputs(input_ids, attention_mask, pixel_values, image_grid_thw)
+        mm_token_type_ids = self._validate(input_ids, attention_mask, pixel_values, image_grid_thw)
         kwargs: dict[str, Any] = {}
         if mm_token_type_ids is not None:
             kwargs = {
@@ -232,6 +227,53 @@ class ColQwen35Model(torch.nn.Module):
         ).last_hidden_state.float()
         vectors = F.normalize(F.linear(hidden, self.projection_weight, self.projection_bias), p=2, dim=-1)
         return vectors * attention_mask[..., None].to(vectors.dtype)
+
+    def check_item(self, item: Mapping[str, np.ndarray]) -> None:
+        """Refuse one item that would break a shared forward pass (``InputError`` naming what is wrong): its ids,
+        length and image placeholders against its own images.  Item layout in :meth:`encode_items`."""
+        ids = np.asarray(item["input_ids"])
+        if ids.ndim != 1:
+            raise InputError(f"input_ids must be a 1-D array, got shape {ids.shape}")
+        row = torch.from_numpy(ids.astype(np.int64))[None]
+        pixels, grid = item.get("pixel_values"), item.get("image_grid_thw")
+        self._validate(row, torch.ones_like(row), None if pixels is None else torch.from_numpy(np.asarray(pixels)),
+                       None if grid is None else torch.from_numpy(np.asarray(grid)))
+
+    def encode_items(
+        self, items: Sequence[Mapping[str, np.ndarray]], *, max_batch_tokens: int = 16384, max_rows: int = 64,
+        pass_cost: int | None = None,
+    ) -> list[np.ndarray]:
+        """Each item's per-token vectors (n_tokens, dim) float32, in input order.
+
+        An item: ``input_ids`` (n_tokens,) int with its ``<|image_pad|>`` runs already expanded, and for an item
+        with images ``pixel_values`` (patches, 3 * T * P * P) float32 and ``image_grid_thw`` (n_images, 3) int, as
+        ``qwen_vl_images.preprocess_images`` returns them.  Items are packed by ``packing.plan`` (least padded
+        tokens + ``pass_cost`` per pass; default 64 on CPU, 4096 on a GPU) into right-padded passes; a pack's
+        images are concatenated in row order.  Every item is checked first (:meth:`check_item`).
+        """
+        from ..packing import plan
+
+        for item in items:
+            self.check_item(item)
+        if pass_cost is None:
+            pass_cost = 64 if self.device.type == "cpu" else 4096
+        lengths = [int(np.asarray(item["input_ids"]).size) for item in items]
+        out: list[np.ndarray | None] = [None] * len(items)
+        for pack in plan(lengths, max_tokens=max_batch_tokens, max_rows=max_rows, pass_cost=pass_cost):
+            ids = torch.zeros((len(pack.rows), pack.width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            pixels, grids = [], []
+            for r, i in enumerate(pack.rows):
+                ids[r, : lengths[i]] = torch.from_numpy(np.asarray(items[i]["input_ids"]).astype(np.int64))
+                mask[r, : lengths[i]] = 1
+                if items[i].get("pixel_values") is not None:
+                    pixels.append(torch.from_numpy(np.asarray(items[i]["pixel_values"], dtype=np.float32)))
+                    grids.append(torch.from_numpy(np.asarray(items[i]["image_grid_thw"]).astype(np.int64)))
+            vectors = self(ids, mask, torch.cat(pixels) if pixels else None, torch.cat(grids) if grids else None)
+            vectors = vectors.to("cpu").numpy()
+            for r, i in enumerate(pack.rows):
+                out[i] = np.ascontiguousarray(vectors[r, : lengths[i]])
+        return out  # type: ignore[return-value]
 
 
 def load_colqwen3_5(
@@ -254,8 +296,9 @@ def load_colqwen3_5(
     device = torch.device(device)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device, raw)
     config = _backbone_config(raw, attn_implementation)
-    backbone = _load_backbone(path, card, config, device, torch_dtype)
-    weight, bias = _projection(path, card, device)
+    state, weight, bias = _read_weights(path, card, device, torch_dtype)
+    backbone = _build_backbone(path, config, state, device)
+    del state
     log.info("ColQwen3.5 %s: dim %d, %s attention, projection bias %s, %s on %s", path, card["dim"],
              card["attention_contract"], bias is not None, torch_dtype, device)
     return ColQwen35Model(backbone, weight, bias, card)
