@@ -326,3 +326,165 @@ def test_image_tensor_shapes_and_dtypes():
     assert images.shape == (2, 3) and images[0].tolist() == [b"", b"", b""]
     assert side.image_tensor(0, 1) is None
     np.testing.assert_array_equal(side.image_tensor(1, 2), np.array([[RED, BLUE, RED]], dtype=object))
+
+
+# -- the same tensors through a real tritonserver ---------------------------------------------------------------
+# Two Python-backend models stand in for an image model's public ensembles: they declare the wire contract's
+# inputs (images optional), write what reached them (rows, image bytes, request parameters) to a folder, and
+# answer by the same rules as RecordingClient.  This proves the tensors survive tritonclient HTTP and gRPC and
+# Triton's own checks (BYTES [n, k] with b"" padding, optional inputs, string parameters); the real image
+# models' reading of them is the server side's test.
+
+ECHO_MODEL = '''
+import base64
+import json
+import os
+import uuid
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+IMAGE_TOKENS, TEXT_TOKENS = %d, %d
+
+
+def tensor(request, name):
+    found = pb_utils.get_input_tensor_by_name(request, name)
+    return None if found is None else found.as_numpy()
+
+
+def tokens(texts, images):
+    counts = np.full((texts.shape[0], 1), TEXT_TOKENS, dtype=np.int32)
+    if images is not None:
+        counts[:, 0] += IMAGE_TOKENS * np.array([[len(x) > 0 for x in row] for row in images]).sum(axis=1)
+    return counts
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name = json.loads(args["model_config"])["name"]
+        self.folder = json.loads(args["model_config"])["parameters"]["echo_folder"]["string_value"]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            seen = {"model": self.name, "parameters": json.loads(request.parameters() or "{}"), "inputs": {}}
+            names = ("queries", "documents", "query_images", "document_images") if self.name.endswith("__score") \\
+                else ("text", "images")
+            arrays = {n: tensor(request, n) for n in names}
+            for n, a in arrays.items():
+                if a is not None:
+                    seen["inputs"][n] = {"shape": list(a.shape),
+                                         "rows": [[base64.b64encode(x).decode() for x in row] for row in a]}
+            with open(os.path.join(self.folder, uuid.uuid4().hex + ".json"), "w") as fh:
+                json.dump(seen, fh)
+            if self.name.endswith("__score"):
+                n = arrays["documents"].shape[0]
+                out = [pb_utils.Tensor("scores", np.arange(n, dtype=np.float32)),
+                       pb_utils.Tensor("query_prompt_tokens", tokens(arrays["queries"], arrays["query_images"])),
+                       pb_utils.Tensor("document_prompt_tokens",
+                                       tokens(arrays["documents"], arrays["document_images"]))]
+            else:
+                n = arrays["text"].shape[0]
+                out = [pb_utils.Tensor("embeddings", np.ones((n, 4), dtype=np.float32)),
+                       pb_utils.Tensor("prompt_tokens", tokens(arrays["text"], arrays["images"]))]
+            responses.append(pb_utils.InferenceResponse(out))
+        return responses
+''' % (IMAGE_TOKENS, TEXT_TOKENS)
+
+
+def _echo_config(name: str, folder: Path, batch: int, inputs: list[tuple[str, str, bool]],
+                 outputs: list[tuple[str, str, str]], card: dict | None) -> str:
+    """Like the public ensembles: ``<m>`` batches (dims exclude the batch), ``<m>__score`` does not (max_batch_size 0,
+    its two sides have their own lengths)."""
+    lines = [f'name: "{name}"', 'backend: "python"', f"max_batch_size: {batch}"]
+    for tensor, dims, optional in inputs:
+        lines.append(f'input {{ name: "{tensor}" data_type: TYPE_STRING dims: [ {dims} ]'
+                     + (" optional: true" if optional else "") + " }")
+    for tensor, dtype, dims in outputs:
+        lines.append(f'output {{ name: "{tensor}" data_type: {dtype} dims: [ {dims} ] }}')
+    lines.append(f'parameters {{ key: "echo_folder" value {{ string_value: "{folder}" }} }}')
+    if card is not None:
+        lines.append(f"parameters {{ key: \"{C.MODEL_CARD_PARAMETER}\" value {{ string_value: {json.dumps(json.dumps(card))} }} }}")
+    lines.append("instance_group { kind: KIND_CPU count: 1 }")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def echo_server(tmp_path_factory):
+    from python_backend_models.server import ServerConfig, TritonServer
+
+    from trilate.launch import free_ports
+
+    root = tmp_path_factory.mktemp("echo")
+    seen = root / "seen"
+    seen.mkdir()
+    card = {"served_name": "tiny/vl-echo", "architecture": "Echo", "score_type": "bi-encoder",
+            "tasks": ["embed"], "dim": 4, "max_model_len": 64, "multimodal": True}
+    models = {
+        "vl_echo": (128, [(C.TEXT, "1", False), (MM.IMAGES, "-1", True)],
+                    [(C.EMBEDDINGS, "TYPE_FP32", "4"), (C.PROMPT_TOKENS, "TYPE_INT32", "1")], card),
+        "vl_echo__score": (0, [(C.QUERIES, "-1, 1", False), (C.DOCUMENTS, "-1, 1", False),
+                               (MM.QUERY_IMAGES, "-1, -1", True), (MM.DOCUMENT_IMAGES, "-1, -1", True)],
+                           [(C.SCORES, "TYPE_FP32", "-1"), (C.QUERY_PROMPT_TOKENS, "TYPE_INT32", "-1, 1"),
+                            (C.DOCUMENT_PROMPT_TOKENS, "TYPE_INT32", "-1, 1")], None),
+    }
+    for name, (batch, inputs, outputs, model_card) in models.items():
+        (root / "repo" / name / "1").mkdir(parents=True)
+        (root / "repo" / name / "config.pbtxt").write_text(_echo_config(name, seen, batch, inputs, outputs,
+                                                                        model_card))
+        (root / "repo" / name / "1" / "model.py").write_text(ECHO_MODEL)
+    http, grpc, metrics = free_ports(3)
+    server = TritonServer(ServerConfig(model_repository=root / "repo", http_port=http, grpc_port=grpc,
+                                       metrics_port=metrics), log_file=root / "tritonserver.log")
+    server.start(timeout=120)
+    yield server, seen
+    server.stop()
+
+
+def _seen(folder: Path) -> list[dict]:
+    found = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    for p in folder.glob("*.json"):
+        p.unlink()
+    return found
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_wire_tensors_reach_a_real_python_backend_model_intact(echo_server, protocol):
+    import base64
+
+    from trilate import TrilateClient
+
+    server, folder = echo_server
+    _seen(folder)
+    client = TrilateClient(server.http_url if protocol == "http" else server.grpc_url, protocol=protocol)
+    prompts = [{"content": [image_part(RED), text_part("Describe the image."), image_part(BLUE)]}, "plain",
+               {"messages": [{"role": "document", "content": [image_part(BLUE)]}]}]
+    with pytest.raises(InvalidInputError, match="mixes chat conversations"):
+        client.embed("tiny/vl-echo", prompts)
+    result = client.embed("tiny/vl-echo", prompts[:2])
+    assert result.usage.prompt_tokens == 2 * TEXT_TOKENS + 2 * IMAGE_TOKENS
+    (seen,) = _seen(folder)
+    assert seen["parameters"][MM.PARAM_PROMPT_FORMAT] == "json"
+    assert seen["inputs"][C.TEXT]["shape"] == [2, 1] and seen["inputs"][MM.IMAGES]["shape"] == [2, 2]
+    texts = [[base64.b64decode(x).decode() for x in row] for row in seen["inputs"][C.TEXT]["rows"]]
+    assert [json.loads(row[0]) for row in texts] == [
+        {"content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}, {"type": "image"}]},
+        {"text": "plain"}]
+    images = [[base64.b64decode(x) for x in row] for row in seen["inputs"][MM.IMAGES]["rows"]]
+    assert images == [[RED, BLUE], [b"", b""]]
+    # plain text: no images input, no prompt_format
+    client.embed("tiny/vl-echo", ["just text"])
+    (seen,) = _seen(folder)
+    assert set(seen["inputs"]) == {C.TEXT} and MM.PARAM_PROMPT_FORMAT not in seen["parameters"]
+    # score 1:N with document images only
+    score = client.score("tiny/vl-echo", "q", [{"content": [image_part(RED)]}, "d", {"content": [image_part(BLUE)]}])
+    assert score.scores == [0.0, 1.0, 2.0]
+    (seen,) = _seen(folder)
+    assert seen["inputs"][C.QUERIES]["shape"] == [1, 1] and MM.QUERY_IMAGES not in seen["inputs"]
+    assert [[base64.b64decode(x) for x in row] for row in seen["inputs"][MM.DOCUMENT_IMAGES]["rows"]] == [
+        [RED], [b""], [BLUE]]
+    # N:N with images on both sides
+    client.score("tiny/vl-echo", [{"content": [image_part(BLUE)]}, "q2"], ["d1", {"content": [image_part(RED)]}])
+    (seen,) = _seen(folder)
+    assert [[base64.b64decode(x) for x in row] for row in seen["inputs"][MM.QUERY_IMAGES]["rows"]] == [[BLUE], [b""]]
+    assert [[base64.b64decode(x) for x in row] for row in seen["inputs"][MM.DOCUMENT_IMAGES]["rows"]] == [[b""], [RED]]
