@@ -125,10 +125,14 @@ def cross_encoder_configs(spec: ServeSpec, info: ModelInfo, options: BuildOption
 
     name = C.triton_name(info.served_name)
     card = info.to_json()
-    pair = C.PAIR_PREPROCESS
+    pair, text = C.PAIR_PREPROCESS, C.preprocess_spec(True)
+    delay = options.max_queue_delay_us
     return [
         (stage_config(C.stage_name(name, "pair_preprocess"), pair, max_batch_size=MAX_BATCH_SIZE,
-                      parameters={"model_card": card}, max_queue_delay_us=options.max_queue_delay_us), pair.adapter),
+                      parameters={"model_card": card}, max_queue_delay_us=delay), pair.adapter),
+        # /tokenize of one text (the client library's tokenize call).
+        (stage_config(C.stage_name(name, "preprocess"), text, max_batch_size=MAX_BATCH_SIZE,
+                      parameters={"model_card": card}, max_queue_delay_us=delay), text.adapter),
         _encoder_config(name, spec, card, C.cross_encoder_spec(), options),
         (cross_encoder_score_ensemble(name, info), None),
     ]

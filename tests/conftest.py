@@ -142,6 +142,22 @@ def colqwen35(tmp_path_factory) -> Path:
     return tiny_colqwen35.write_colqwen3_5(tmp_path_factory.mktemp("colqwen35"))
 
 
+@pytest.fixture(scope="session")
+def nemotron_embed(tmp_path_factory) -> Path:
+    """Tiny nvidia/llama-nemotron-embed-vl-1b-v2 layout (SigLIP + mlp1 + bidirectional Llama, unprefixed keys)."""
+    import tiny_nemotron_vl
+
+    return tiny_nemotron_vl.write_nemotron_vl_embed(tmp_path_factory.mktemp("nemotron_embed"))
+
+
+@pytest.fixture(scope="session")
+def nemotron_rerank(tmp_path_factory) -> Path:
+    """Tiny nvidia/llama-nemotron-rerank-vl-1b-v2 layout (the same under model., plus score.weight)."""
+    import tiny_nemotron_vl
+
+    return tiny_nemotron_vl.write_nemotron_vl_rerank(tmp_path_factory.mktemp("nemotron_rerank"))
+
+
 # --------------------------------------------------------------------------------------------------
 # Servers
 # --------------------------------------------------------------------------------------------------

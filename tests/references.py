@@ -59,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "colbert_projection_weight",
@@ -567,3 +568,115 @@ def colqwen_token_embeddings(folder: str | Path, prompt: str, images: Sequence =
     if weight is not None:
         hidden = hidden @ weight.T + (bias if bias is not None else 0)
     return (hidden / hidden.norm(dim=-1, keepdim=True)).numpy()
+
+
+# -- Llama Nemotron VL: transformers' SiglipVisionModel and LlamaModel, loaded independently ---------------------
+# (No library here runs the whole model: its HF code is remote code.)  NVIDIA's pixel shuffle and mlp1 written out
+# in torch.nn.functional; every position sees every real key (a padding-only mask).
+
+
+class NemotronReference:
+    """The checkpoint's pieces as transformers modules (eager attention) + functional mlp1 / pooling / score."""
+
+    def __init__(self, path: Path):
+        from safetensors.torch import load_file
+        from transformers import LlamaModel, SiglipVisionConfig, SiglipVisionModel
+
+        import tiny_nemotron_vl
+
+        config = json.loads((path / "config.json").read_text())
+        state = load_file(str(path / "model.safetensors"))
+        prefix = "model." if "score.weight" in state else ""
+        self.config = config
+        self.context_id = config["img_context_token_id"]
+        vision_cfg = SiglipVisionConfig(**{k: v for k, v in config["vision_config"].items() if k != "model_type"},
+                                        attn_implementation="eager")
+        text_cfg = tiny_nemotron_vl.llama_config(config["llm_config"])
+        text_cfg._attn_implementation = "eager"
+        with torch.random.fork_rng(devices=[]):
+            self.siglip = SiglipVisionModel(vision_cfg).eval()
+            self.llama = LlamaModel(text_cfg).eval()
+        # nested (vision_model.vision_model.*) or flat (vision_model.*) keys: the part after them is SiglipVisionModel's
+        vision = {}
+        for key, tensor in state.items():
+            if key.startswith(prefix + "vision_model."):
+                vision[key[len(prefix + "vision_model."):].removeprefix("vision_model.")] = tensor
+        self.siglip.load_state_dict(vision, strict=True)
+        llm = {k[len(prefix + "language_model."):]: v for k, v in state.items() if k.startswith(prefix + "language_model.")}
+        self.llama.load_state_dict(llm, strict=True)
+        self.mlp = {k[len(prefix + "mlp1."):]: v for k, v in state.items() if k.startswith(prefix + "mlp1.")}
+        self.score = state.get("score.weight")
+
+    @staticmethod
+    def internvl_pixel_shuffle(x: torch.Tensor, scale: float = 0.5) -> torch.Tensor:
+        """NVIDIA's / vLLM's pixel_shuffle for these checkpoints (the v2 branch: with the final permute)."""
+        n, w, h, c = x.shape
+        x = x.view(n, w, int(h * scale), int(c / scale))
+        x = x.permute(0, 2, 1, 3).contiguous()
+        x = x.view(n, int(h * scale), int(w * scale), int(c / (scale * scale)))
+        return x.permute(0, 2, 1, 3).contiguous()
+
+    @torch.no_grad()
+    def vision_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.siglip(pixel_values=pixel_values).last_hidden_state
+
+    @torch.no_grad()
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        vit = self.vision_tokens(pixel_values)
+        n, t, c = vit.shape
+        side = int(t**0.5)
+        x = self.internvl_pixel_shuffle(vit.reshape(n, side, side, c)).reshape(n, -1, 4 * c)
+        m = self.mlp
+        x = F.layer_norm(x, (4 * c,), m["0.weight"], m["0.bias"], eps=1e-5)
+        x = F.gelu(F.linear(x, m["1.weight"], m["1.bias"]))
+        return F.linear(x, m["3.weight"], m["3.bias"])
+
+    @torch.no_grad()
+    def hidden(self, ids: torch.Tensor, mask: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        embeds = self.llama.embed_tokens(ids).clone()
+        if pixel_values is not None:
+            features = iter(self.image_features(pixel_values).reshape(-1, embeds.shape[-1]))
+            for b in range(ids.shape[0]):
+                for t in range(ids.shape[1]):
+                    if ids[b, t] == self.context_id:
+                        embeds[b, t] = next(features)
+            assert next(features, None) is None
+        # every query position may see every real (non-padding) key: padding-only, no causal triangle
+        visible = mask[:, None, None, :].bool().expand(-1, 1, ids.shape[1], -1)
+        additive = torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)
+        return self.llama(inputs_embeds=embeds, attention_mask=additive).last_hidden_state
+
+    def pooled(self, ids, mask, pixel_values=None, pooling: str = "mean") -> torch.Tensor:
+        h = self.hidden(ids, mask, pixel_values)
+        if pooling == "cls":
+            return h[:, 0]
+        if pooling == "last":
+            return torch.stack([h[b, int(mask[b].sum()) - 1] for b in range(h.shape[0])])
+        return torch.stack([h[b, mask[b].bool()].mean(dim=0) for b in range(h.shape[0])])
+
+    def logits(self, ids, mask, pixel_values=None) -> torch.Tensor:
+        return (self.pooled(ids, mask, pixel_values) @ self.score.T)[:, 0]
+
+
+def nemotron_inputs(path: Path, prompts: list[str], images_per_prompt: list[list], *, add_special_tokens: bool):
+    """Expanded prompts -> right-padded ``(ids, mask)`` and the ``pixel_values`` of every image in order (the tiling
+    is ``nemotron_vl_images``, itself checked against hand-computed tables in test_nemotron_vl_images.py)."""
+    from tokenizers import Tokenizer
+
+    from python_backend_models.nemotron_card import read_nemotron_vl, tiling_params
+    from python_backend_models.nemotron_vl_images import expand_image_placeholders, preprocess_images
+    card = read_nemotron_vl(path)
+    params = tiling_params(card)
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    rows, tiles = [], []
+    for prompt, images in zip(prompts, images_per_prompt):
+        pixels, counts = preprocess_images(images, params)
+        tiles.append(pixels)
+        text = expand_image_placeholders(prompt, counts.tolist(), card["tokens_per_tile"])
+        rows.append(tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+    width = max(len(r) for r in rows)
+    pad = card["pad_token_id"] if card["pad_token_id"] is not None else 0
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    pixel_values = torch.from_numpy(np.concatenate(tiles)) if sum(t.shape[0] for t in tiles) else None
+    return ids, mask, pixel_values

@@ -21,6 +21,8 @@ LFM2 = "tiny/lfm2-colbert"
 BGE_M3 = "tiny/bge-m3"
 COLQWEN3 = "tiny/colqwen3-tomoro"
 COLQWEN35 = "tiny/colqwen3.5"
+NEMOTRON_EMBED = "tiny/nemotron-embed-vl"
+NEMOTRON_RERANK = "tiny/nemotron-rerank-vl"
 # A ColBERT checkpoint whose query prefix is not a token, under a name holding "__" (which the Triton
 # naming must keep apart from stage names).
 ODD = "tiny/colbert__prefix-not-a-token"
@@ -79,7 +81,7 @@ def arch(name: str) -> dict:
 
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory, stanford_colbert, pylate_colbert, modernbert_colbert, jina_colbert, lfm2_colbert,
-                  bge_m3, pylate_colbert_prefix_not_a_token, colqwen3_tomoro, colqwen35):
+                  bge_m3, pylate_colbert_prefix_not_a_token, colqwen3_tomoro, colqwen35, nemotron_embed, nemotron_rerank):
     root = tmp_path_factory.mktemp("server")
     specs = [
         ServeSpec(model=DEFAULT),
@@ -96,6 +98,8 @@ def triton_server(tmp_path_factory, stanford_colbert, pylate_colbert, modernbert
         ServeSpec(model=str(pylate_colbert_prefix_not_a_token), served_name=ODD, hf_overrides=arch("HF_ColBERT")),
         ServeSpec(model=str(colqwen3_tomoro), served_name=COLQWEN3),
         ServeSpec(model=str(colqwen35), served_name=COLQWEN35),
+        ServeSpec(model=str(nemotron_embed), served_name=NEMOTRON_EMBED),
+        ServeSpec(model=str(nemotron_rerank), served_name=NEMOTRON_RERANK),
     ]
     # A queue delay makes concurrent requests meet in one dynamic batch, which the tests rely on.
     build_repository(specs, root / "repo", BuildOptions(max_queue_delay_us=20000))

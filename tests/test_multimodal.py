@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import references
-from server_support import COLQWEN3, COLQWEN35
+from server_support import COLQWEN3, COLQWEN35, NEMOTRON_EMBED, NEMOTRON_RERANK
 from tolerances import SCORE_ATOL, SCORE_RTOL, VECTOR_ATOL
 from trilate.errors import InvalidInputError
 
@@ -156,3 +156,81 @@ def test_huge_image_dimensions_are_refused_before_decoding(client):
 def test_images_on_a_text_model_are_refused_with_vllms_message(client):
     with pytest.raises(InvalidInputError, match="MultiModalParam is not supported"):
         client.score("tiny/stanford-colbert", "q", [image_doc(PAGES[0])])
+
+
+# -- Llama Nemotron VL: embeddings (bi-encoder) and the cross-encoder reranker -----------------------------------
+# References: references.NemotronReference (transformers' SiglipVisionModel + LlamaModel with a padding-only mask,
+# NVIDIA's pixel shuffle and mlp1 written out) on the prompts the seed document and vllm_semantics §7 spell out.
+
+
+@pytest.fixture(scope="module")
+def embed_ref(nemotron_embed):
+    return references.NemotronReference(nemotron_embed)
+
+
+@pytest.fixture(scope="module")
+def rerank_ref(nemotron_rerank):
+    return references.NemotronReference(nemotron_rerank)
+
+
+def nemotron_embedding(path, ref, prompt: str, images=()) -> tuple[np.ndarray, int]:
+    """(L2-normalised pooled vector, prompt tokens) of one rendered prompt."""
+    ids, mask, pixels = references.nemotron_inputs(path, [prompt], [list(images)], add_special_tokens=False)
+    v = ref.pooled(ids, mask, pixels)[0]
+    return (v / v.norm()).numpy(), int(mask.sum())
+
+
+def test_nemotron_embeddings_of_query_and_image_document_messages(client, nemotron_embed, embed_ref):
+    query = [{"role": "query", "content": [{"type": "text", "text": "What is machine learning?"}]}]
+    document = [{"role": "document", "content": [{"type": "image_url", "image_url": {"url": data_url(PAGES[0])}},
+                                                  {"type": "text", "text": "Describe the image."}]}]
+    got_q = client.embed(NEMOTRON_EMBED, messages=query)
+    got_d = client.embed(NEMOTRON_EMBED, messages=document)
+    want_q, n_q = nemotron_embedding(nemotron_embed, embed_ref, "<|begin_of_text|>query: What is machine learning?")
+    want_d, n_d = nemotron_embedding(nemotron_embed, embed_ref,
+                                     "<|begin_of_text|>passage: <image> Describe the image.", [PAGES[0]])
+    np.testing.assert_allclose(got_q.data[0].embedding, want_q, atol=VECTOR_ATOL)
+    np.testing.assert_allclose(got_d.data[0].embedding, want_d, atol=VECTOR_ATOL)
+    assert (got_q.usage.prompt_tokens, got_d.usage.prompt_tokens) == (n_q, n_d)  # the image's tokens counted
+
+
+def test_nemotron_embed_template_refuses_two_messages_with_its_own_message(client):
+    two = [{"role": "query", "content": "a"}, {"role": "document", "content": "b"}]
+    with pytest.raises(InvalidInputError, match="one message at a time"):
+        client.embed(NEMOTRON_EMBED, messages=two)
+
+
+def test_nemotron_rerank_scores_are_sigmoids_of_the_reference_logits(client, nemotron_rerank, rerank_ref):
+    q = "Find diagrams about autonomous robots"
+    docs = [image_doc(PAGES[1], "Robotics workflow diagram."), "General skyline photo.",
+            {"content": [{"type": "image_url", "image_url": {"url": data_url(PAGES[2])}}]}]
+    prompts = [(f"<image> question:{q} \n \n passage:Robotics workflow diagram.", [PAGES[1]]),
+               (f"question:{q} \n \n passage:General skyline photo.", []),
+               (f"<image> question:{q} \n \n passage:", [PAGES[2]])]
+    ids, mask, pixels = references.nemotron_inputs(nemotron_rerank, [p for p, _ in prompts], [i for _, i in prompts],
+                                                   add_special_tokens=True)
+    logits = rerank_ref.logits(ids, mask, pixels).numpy()
+    got = client.score(NEMOTRON_RERANK, q, docs)
+    assert [d.score for d in got.data] == pytest.approx(list(1 / (1 + np.exp(-logits))), rel=SCORE_RTOL, abs=SCORE_ATOL)
+    raw = client.score(NEMOTRON_RERANK, q, docs, use_activation=False)
+    assert [d.score for d in raw.data] == pytest.approx(list(logits), rel=SCORE_RTOL, abs=SCORE_ATOL)
+    assert got.usage.prompt_tokens == int(mask.sum())  # the sum over pair prompts, image tokens included
+    ranked = client.rerank(NEMOTRON_RERANK, q, docs, top_n=2)
+    order = list(np.argsort(-logits, kind="stable")[:2])
+    assert [r.index for r in ranked.results] == order
+    assert ranked.results[0].document.multi_modal == (docs[order[0]]["content"] if order[0] != 1 else None)
+
+
+def test_nemotron_rerank_pairs_n_to_n_and_alone_equal_in_a_batch(client):
+    queries, docs = ["first question", "second question"], ["one passage", image_doc(PAGES[0], "two")]
+    pairs = [d.score for d in client.score(NEMOTRON_RERANK, queries, docs).data]
+    alone = [client.score(NEMOTRON_RERANK, q, [d]).data[0].score for q, d in zip(queries, docs)]
+    assert pairs == pytest.approx(alone, rel=SCORE_RTOL, abs=SCORE_ATOL)
+
+
+def test_nemotron_rerank_refuses_an_image_in_the_query_and_pooling(client):
+    with pytest.raises(InvalidInputError, match="query holds an image"):
+        client.score(NEMOTRON_RERANK, image_doc(PAGES[0]), ["a passage"])
+    with pytest.raises(InvalidInputError, match="cross-encoder"):
+        client.pooling(NEMOTRON_RERANK, "some text")
+    assert len(client.score(NEMOTRON_RERANK, "q", ["still serving"]).data) == 1

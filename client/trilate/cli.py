@@ -78,27 +78,22 @@ def _specs(args: argparse.Namespace):
               "(trilate's own implementation of each architecture serves it)", file=sys.stderr)
     return [
         ServeSpec(model=m, served_name=n, hf_overrides=o, max_model_len=args.max_model_len, dtype=args.dtype,
-                  colbert_score_modes=args.colbert_score_modes, **({"chat_template": t} if t is not None else {}))
+                  colbert_score_modes=args.colbert_score_modes, chat_template=t)
         for m, n, o, t in zip(models, names, overrides, templates)
     ]
 
 
 def _chat_templates(raw: list[str] | None, n_models: int) -> list[str | None]:
-    """``--chat-template`` per model (None: the model's default), each an existing file."""
-    import dataclasses
-
-    from python_backend_models.repository import ServeSpec
-
+    """``--chat-template`` per model, each an existing file; an empty value (``--chat-template ''``) keeps that
+    model's default (the checkpoint's own, or trilate's template for its architecture)."""
     raw = raw or []
     if len(raw) not in (0, 1, n_models):
-        raise SystemExit("error: give --chat-template once for all models or once per model")
+        raise SystemExit("error: give --chat-template once for all models or once per model ('' keeps a model's "
+                         "default)")
     for path in raw:
-        if not Path(path).is_file():
+        if path and not Path(path).is_file():
             raise SystemExit(f"error: --chat-template {path!r} is not a file")
-    if raw and "chat_template" not in {f.name for f in dataclasses.fields(ServeSpec)}:
-        raise SystemExit("error: --chat-template is not supported by this build's repository builder yet "
-                         "(ServeSpec.chat_template); leave it out to use each model's default template")
-    paths = [str(Path(p).resolve()) for p in raw]
+    paths = [str(Path(p).resolve()) if p else None for p in raw]
     return paths * n_models if len(paths) == 1 else (paths or [None] * n_models)
 
 

@@ -284,12 +284,15 @@ class TrilateClient:
         # A listing taken while some model is loading (a restart) may lack a model that is about to be back.
         self._listing_complete = len(names) == len(index)
         cards = {}
+        ready = set(names)
         for name in names:
-            if "__" in name:
-                continue
+            base = name.removesuffix("__score")
+            if "__" in base or (base != name and base in ready):
+                continue  # a stage, or the score ensemble of a model listed by its own ensemble
+            # A cross-encoder has no embedding ensemble: its card is on `<m>__score`.
             raw = self._card_parameter(name)
             if raw:
-                card = ModelCard.from_parameter(name, raw)
+                card = ModelCard.from_parameter(base, raw)
                 cards[card.served_name] = card
         return cards
 
@@ -305,7 +308,8 @@ class TrilateClient:
 
     def card_json(self, card: ModelCard) -> dict[str, Any]:
         """Everything the repository builder wrote in ``card``'s model card (e.g. the checkpoint ``path``)."""
-        return json.loads(self._card_parameter(card.triton_name) or "{}")
+        holder = C.stage_name(card.triton_name, "score") if card.cross_encoder else card.triton_name
+        return json.loads(self._card_parameter(holder) or "{}")
 
     def unavailable(self) -> dict[str, str]:
         """What cannot answer now: Triton models that are not READY (name -> state and reason), or
