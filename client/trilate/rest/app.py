@@ -181,6 +181,10 @@ def create_app(
         return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
 
     errors = S.ERROR_RESPONSES
+    # encoding_format "bytes" / "bytes_only" answer the raw tensors instead of JSON (vLLM's binary encodings).
+    vectors = {**errors, 200: {"content": {"application/octet-stream": {}},
+                               "description": "JSON, or with encoding_format bytes / bytes_only the raw vectors "
+                                              "(bytes: their layout in the `metadata` header)"}}
 
     score_doc = ("Score pairs: 1:1, 1:N (side 1 broadcast) or N:N (zipped); results in pair order. "
                  "/v1/score is vLLM's deprecated alias.")
@@ -200,12 +204,12 @@ def create_app(
         app.post(path, response_model=S.RerankResponse, responses=errors, tags=["rerank"], description=rerank_doc,
                  name=f"rerank{path.replace('/', '_')}")(rerank)
 
-    @app.post("/pooling", response_model=S.PoolingResponse, responses=errors, tags=["pooling"])
+    @app.post("/pooling", response_model=S.PoolingResponse, responses=vectors, tags=["pooling"])
     async def pooling(body: S.PoolingRequest, request: Request):
         """Per-token (task token_embed, the default where supported) or pooled (task embed) vectors."""
         return await run(service.pooling, body, request_id(request, body), request=request)
 
-    @app.post("/v1/embeddings", response_model=S.EmbeddingResponse, responses=errors, tags=["embeddings"])
+    @app.post("/v1/embeddings", response_model=S.EmbeddingResponse, responses=vectors, tags=["embeddings"])
     async def embeddings(body: S.EmbeddingRequest, request: Request):
         """OpenAI embeddings (bi-encoders; a late-interaction model answers 404 as vLLM does)."""
         return await run(service.embeddings, body, request_id(request, body), request=request)
