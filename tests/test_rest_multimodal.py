@@ -275,11 +275,7 @@ def test_runner_pooling_is_accepted_and_other_runners_refused(tmp_path):
         _specs(_serve_args(str(tmp_path), "--runner", "generate"))
 
 
-def test_chat_template_goes_to_the_repository_builder_or_is_refused_by_name(tmp_path):
-    import dataclasses
-
-    from python_backend_models.repository import ServeSpec
-
+def test_chat_template_goes_to_the_repository_builder_per_model(tmp_path):
     from trilate.cli import _specs
 
     template = tmp_path / "t.jinja"
@@ -288,11 +284,9 @@ def test_chat_template_goes_to_the_repository_builder_or_is_refused_by_name(tmp_
         _specs(_serve_args(str(tmp_path), "--chat-template", str(tmp_path / "missing.jinja")))
     with pytest.raises(SystemExit, match="once for all models or once per model"):
         _specs(_serve_args("a", "b", "c", "--chat-template", str(template), "--chat-template", str(template)))
-    if "chat_template" in {f.name for f in dataclasses.fields(ServeSpec)}:
-        (spec,) = _specs(_serve_args(str(tmp_path), "--chat-template", str(template)))
-        assert spec.chat_template == str(template.resolve())
-    else:  # the builder has no field for it yet: a clear refusal, never a silent drop
-        with pytest.raises(SystemExit, match=r"ServeSpec\.chat_template"):
-            _specs(_serve_args(str(tmp_path), "--chat-template", str(template)))
+    (spec,) = _specs(_serve_args(str(tmp_path), "--chat-template", str(template)))
+    assert spec.chat_template == str(template.resolve())
+    a, b = _specs(_serve_args("a", "b", "--chat-template", "", "--chat-template", str(template)))
+    assert (a.chat_template, b.chat_template) == (None, str(template.resolve()))  # '' keeps a model's default
     (plain,) = _specs(_serve_args(str(tmp_path), "--trust-remote-code"))
-    assert getattr(plain, "chat_template", None) is None
+    assert plain.chat_template is None

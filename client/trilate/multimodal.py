@@ -44,12 +44,9 @@ from python_backend_models.media import (
 
 from .errors import InvalidInputError
 
-# The wire contract's names (vl_wire.md).  contract.py is their one home once the server side declares them;
-# until then the contract's spelling is written here.
-IMAGES = getattr(C, "IMAGES", "images")
-QUERY_IMAGES = getattr(C, "QUERY_IMAGES", "query_images")
-DOCUMENT_IMAGES = getattr(C, "DOCUMENT_IMAGES", "document_images")
-PARAM_PROMPT_FORMAT = getattr(C, "PARAM_PROMPT_FORMAT", "prompt_format")
+# The wire contract's names (declared once, in python_backend_models.contract).
+IMAGES, QUERY_IMAGES, DOCUMENT_IMAGES = C.IMAGES, C.QUERY_IMAGES, C.DOCUMENT_IMAGES
+PARAM_PROMPT_FORMAT = C.PARAM_PROMPT_FORMAT
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
