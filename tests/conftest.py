@@ -135,6 +135,22 @@ def colqwen3_tomoro(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def colqwen3_opensearch(tmp_path_factory) -> Path:
+    """Tiny OpenSearch-AI/Ops-Colqwen3 layout (bare visual. / language_model. keys, custom_text_proj)."""
+    import tiny_colqwen
+
+    return tiny_colqwen.write_colqwen3(tmp_path_factory.mktemp("colqwen3_opensearch"), "opensearch", dim=24, seed=9)
+
+
+@pytest.fixture(scope="session")
+def colqwen3_nvidia(tmp_path_factory) -> Path:
+    """Tiny nvidia/nemotron-colembed-vl layout (model.* + lm_head, no projection: normalised hidden states)."""
+    import tiny_colqwen
+
+    return tiny_colqwen.write_colqwen3(tmp_path_factory.mktemp("colqwen3_nvidia"), "nvidia", dim=None, seed=10)
+
+
+@pytest.fixture(scope="session")
 def colqwen35(tmp_path_factory) -> Path:
     """Tiny athrael-soju/colqwen3.5 layout (Qwen3.5 hybrid + vision, custom_text_proj with bias, bidirectional)."""
     import tiny_colqwen35

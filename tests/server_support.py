@@ -20,6 +20,8 @@ JINA = "tiny/jina-colbert"
 LFM2 = "tiny/lfm2-colbert"
 BGE_M3 = "tiny/bge-m3"
 COLQWEN3 = "tiny/colqwen3-tomoro"
+COLQWEN3_OPS = "tiny/colqwen3-opensearch"
+COLQWEN3_NVIDIA = "tiny/colqwen3-nvidia"
 COLQWEN35 = "tiny/colqwen3.5"
 NEMOTRON_EMBED = "tiny/nemotron-embed-vl"
 NEMOTRON_RERANK = "tiny/nemotron-rerank-vl"
@@ -81,7 +83,8 @@ def arch(name: str) -> dict:
 
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory, stanford_colbert, pylate_colbert, modernbert_colbert, jina_colbert, lfm2_colbert,
-                  bge_m3, pylate_colbert_prefix_not_a_token, colqwen3_tomoro, colqwen35, nemotron_embed, nemotron_rerank):
+                  bge_m3, pylate_colbert_prefix_not_a_token, colqwen3_tomoro, colqwen3_opensearch, colqwen3_nvidia, colqwen35, nemotron_embed,
+                  nemotron_rerank):
     root = tmp_path_factory.mktemp("server")
     specs = [
         ServeSpec(model=DEFAULT),
@@ -97,6 +100,8 @@ def triton_server(tmp_path_factory, stanford_colbert, pylate_colbert, modernbert
         ServeSpec(model=str(bge_m3), served_name=BGE_M3, hf_overrides=arch("BgeM3EmbeddingModel")),
         ServeSpec(model=str(pylate_colbert_prefix_not_a_token), served_name=ODD, hf_overrides=arch("HF_ColBERT")),
         ServeSpec(model=str(colqwen3_tomoro), served_name=COLQWEN3),
+        ServeSpec(model=str(colqwen3_opensearch), served_name=COLQWEN3_OPS),
+        ServeSpec(model=str(colqwen3_nvidia), served_name=COLQWEN3_NVIDIA),
         ServeSpec(model=str(colqwen35), served_name=COLQWEN35),
         ServeSpec(model=str(nemotron_embed), served_name=NEMOTRON_EMBED),
         ServeSpec(model=str(nemotron_rerank), served_name=NEMOTRON_RERANK),

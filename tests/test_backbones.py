@@ -150,8 +150,7 @@ def test_unknown_architecture_is_refused_with_the_known_list(jina_colbert):
 SEED_DATA = Path(__file__).resolve().parent / "data" / "seed_commands.json"
 # Seed architectures registered whose tiny fixture is not yet served by the test server; each leaves this
 # list when its server test lands (the server test below fails on one that is served but still listed).
-PENDING = {"ColQwen3", "OpsColQwen3Model", "Qwen3VLNemotronEmbedModel", "ColQwen3_5", "LlamaNemotronVLModel",
-           "LlamaNemotronVLForSequenceClassification"}
+PENDING: set[str] = set()
 
 
 def seed_architectures() -> set[str]:

@@ -1,7 +1,8 @@
 """The image families through a real tritonserver, over tritonclient HTTP and gRPC (the ``client`` fixture).
 
-The session server (``server_support.py``) serves the tiny ColQwen3 checkpoint in TomoroAI's layout and the
-tiny ColQwen3.5 one (bidirectional contract).  Every number is checked against ``references.colqwen_token_
+The session server (``server_support.py``) serves the tiny ColQwen3 checkpoints in the TomoroAI, OpenSearch-AI and
+NVIDIA layouts, the tiny ColQwen3.5 one (bidirectional contract) and the tiny Llama Nemotron VL embed and rerank
+ones.  Every number is checked against ``references.colqwen_token_
 embeddings``: transformers' own Qwen3-VL / Qwen3.5 model on the same weights, transformers' PIL image processor,
 the checkpoint's tokenizer, the placeholder expanded in the test — nothing of trilate's.
 """
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 import references
-from server_support import COLQWEN3, COLQWEN35, NEMOTRON_EMBED, NEMOTRON_RERANK
+from server_support import COLQWEN3, COLQWEN3_NVIDIA, COLQWEN3_OPS, COLQWEN35, NEMOTRON_EMBED, NEMOTRON_RERANK
 from tolerances import SCORE_ATOL, SCORE_RTOL, VECTOR_ATOL
 from trilate.errors import InvalidInputError
 
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.server
 
 ONE_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 # Which fixture each served name is, and whether its attention is bidirectional.
-MODELS = {COLQWEN3: ("colqwen3_tomoro", False), COLQWEN35: ("colqwen35", True)}
+MODELS = {COLQWEN3: ("colqwen3_tomoro", False), COLQWEN3_OPS: ("colqwen3_opensearch", False),
+          COLQWEN3_NVIDIA: ("colqwen3_nvidia", False), COLQWEN35: ("colqwen35", True)}
 
 
 def page(width: int, height: int, seed: int) -> Image.Image:

@@ -153,16 +153,16 @@ def seed_curl_commands() -> list[tuple[str, str, str, dict, bool]]:
 
 
 # Served by this test server (tiny checkpoints in the real HF layouts); the image models' commands run in
-# test_seed_multimodal.py (its own server); the Nemotron VL ones wait for their architectures.
+# test_seed_multimodal.py (its own server).
 SEED_SERVED = {COLBERT, BGE_M3}
-SEED_ELSEWHERE = {"TomoroAI/tomoro-colqwen3-embed-4b", "athrael-soju/colqwen3.5-4.5B"}
-SEED_PENDING = {"nvidia/llama-nemotron-embed-vl-1b-v2", "nvidia/llama-nemotron-rerank-vl-1b-v2"}
+SEED_ELSEWHERE = {"TomoroAI/tomoro-colqwen3-embed-4b", "athrael-soju/colqwen3.5-4.5B",
+                  "nvidia/llama-nemotron-embed-vl-1b-v2", "nvidia/llama-nemotron-rerank-vl-1b-v2"}
 SEED_COMMANDS = [c for c in seed_curl_commands() if c[3]["model"] in SEED_SERVED]
 
 
 def test_every_seed_command_runs_here_or_in_the_image_models_module():
     models = {body["model"] for _key, _cmd, _route, body, _mm in seed_curl_commands()}
-    assert models == SEED_SERVED | SEED_ELSEWHERE | SEED_PENDING
+    assert models == SEED_SERVED | SEED_ELSEWHERE
 
 
 def test_the_seed_document_has_text_only_curl_commands():

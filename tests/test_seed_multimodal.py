@@ -1,10 +1,13 @@
 """The seed document's curl commands for the image models, verbatim, through ``trilate serve`` over REST.
 
 One ``trilate serve`` serves the tiny checkpoints under the seed's names: TomoroAI's ColQwen3 layout as
-``TomoroAI/tomoro-colqwen3-embed-4b``, the ColQwen3.5 layout as ``athrael-soju/colqwen3.5-4.5B``.  Each command
+``TomoroAI/tomoro-colqwen3-embed-4b``, the ColQwen3.5 layout as ``athrael-soju/colqwen3.5-4.5B``, and the Llama
+Nemotron VL embed and rerank layouts as ``nvidia/llama-nemotron-{embed,rerank}-vl-1b-v2`` with the seed's serve
+flags (``--runner pooling --trust-remote-code --chat-template PATH``; the template files are trilate's own, written
+out, as the seed points at vLLM's).  Each command
 runs with bash and curl as the document writes it; only the port is this server's and each ``<BASE64>`` is a
 generated PNG page.  Numbers are checked against ``references.colqwen_token_embeddings`` (transformers' own
-models, transformers' PIL image processor; nothing of trilate's).
+models, transformers' PIL image processor) and ``references.NemotronReference`` (transformers' SigLIP and Llama).
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ pytestmark = pytest.mark.server
 SEED_DATA = Path(__file__).resolve().parent / "data" / "seed_commands.json"
 TOMORO = "TomoroAI/tomoro-colqwen3-embed-4b"
 COLQWEN35 = "athrael-soju/colqwen3.5-4.5B"
+NEMOTRON_EMBED = "nvidia/llama-nemotron-embed-vl-1b-v2"
+NEMOTRON_RERANK = "nvidia/llama-nemotron-rerank-vl-1b-v2"
 ONE_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 # Seed model -> (fixture, bidirectional attention).
-SERVED = {TOMORO: ("colqwen3_tomoro", False), COLQWEN35: ("colqwen35", True)}
+SERVED = {TOMORO: ("colqwen3_tomoro", False), COLQWEN35: ("colqwen35", True),
+          NEMOTRON_EMBED: ("nemotron_embed", None), NEMOTRON_RERANK: ("nemotron_rerank", None)}
 
 
 def page(seed: int, size=(96, 64)) -> Image.Image:
@@ -62,10 +68,21 @@ COMMANDS = seed_commands()
 
 
 @pytest.fixture(scope="module")
-def vl_server(tmp_path_factory, colqwen3_tomoro, colqwen35):
+def vl_server(tmp_path_factory, colqwen3_tomoro, colqwen35, nemotron_embed, nemotron_rerank):
+    from python_backend_models import chat_templates
+
+    root = tmp_path_factory.mktemp("vl")
+    templates = []
+    for name, file in ((chat_templates.NEMOTRON_EMBED, "nemotron_embed_vl.jinja"),
+                       (chat_templates.NEMOTRON_RERANK, "nemotron-vl-rerank.jinja")):
+        (root / file).write_text(chat_templates.bundled(name).source, encoding="utf-8")
+        templates += ["--chat-template", str(root / file)]
     server = ServeProcess(
-        [str(colqwen3_tomoro), str(colqwen35), "--served-model-name", TOMORO, COLQWEN35,
-         "--model-repository", str(tmp_path_factory.mktemp("vl") / "repo"), "--uvicorn-log-level", "warning"],
+        [str(colqwen3_tomoro), str(colqwen35), str(nemotron_embed), str(nemotron_rerank),
+         "--served-model-name", TOMORO, COLQWEN35, NEMOTRON_EMBED, NEMOTRON_RERANK,
+         # The seed's flags for the Nemotron models; '' keeps the ColQwen models' own templates.
+         "--runner", "pooling", "--trust-remote-code", "--chat-template", "", "--chat-template", "", *templates,
+         "--model-repository", str(root / "repo"), "--uvicorn-log-level", "warning"],
         timeout=600, env={"HF_HUB_OFFLINE": "1"},
     )
     yield server
@@ -105,8 +122,11 @@ def _maxsim(q: np.ndarray, d: np.ndarray) -> float:
 
 
 def test_every_seed_command_of_these_models_is_here():
-    routes = sorted(route for _key, _cmd, route, body in COMMANDS)
-    assert routes == sorted(["/rerank", "/score", "/score", "/rerank", "/pooling", "/pooling", "/rerank", "/score"])
+    routes = sorted((body["model"], route) for _key, _cmd, route, body in COMMANDS)
+    assert routes == sorted([(TOMORO, r) for r in ("/rerank", "/score", "/score", "/rerank", "/pooling", "/pooling")]
+                            + [(COLQWEN35, "/rerank"), (COLQWEN35, "/score"), (NEMOTRON_EMBED, "/v1/embeddings"),
+                               (NEMOTRON_EMBED, "/v1/embeddings"), (NEMOTRON_RERANK, "/score"),
+                               (NEMOTRON_RERANK, "/rerank")])
 
 
 @pytest.mark.parametrize("key, command, route, body", COMMANDS, ids=[c[0] for c in COMMANDS])
@@ -114,6 +134,8 @@ def test_seed_curl_command_verbatim(request, vl_server, key, command, route, bod
     model = body["model"]
     fixture, bidi = SERVED[model]
     path = request.getfixturevalue(fixture)
+    if model in (NEMOTRON_EMBED, NEMOTRON_RERANK):
+        return check_nemotron(run(command, vl_server.port), path, route, body)
 
     def vectors(item) -> np.ndarray:
         text, images = _prompt(item)
@@ -160,3 +182,54 @@ def test_seed_curl_command_verbatim(request, vl_server, key, command, route, bod
         assert got["usage"]["prompt_tokens"] == ref.shape[0]
     else:  # pragma: no cover - a new kind of command in the seed
         pytest.fail(f"no checks written for {route}")
+
+
+def _nemotron_content(item) -> tuple[str, list[Image.Image]]:
+    """A seed ScoreInput as the rerank template's document text (every image its "<image>"), and its images."""
+    if isinstance(item, str):
+        return item, []
+    texts = [p["text"] for p in item["content"] if p["type"] == "text"]
+    images = [PAGES[p["image_url"]["url"].removeprefix("data:image/png;base64,")] for p in item["content"]
+              if p["type"] == "image_url"]
+    return "\n".join(texts), images
+
+
+def check_nemotron(got: dict, path: Path, route: str, body: dict) -> None:
+    """The Nemotron VL seed commands against transformers' SiglipVisionModel + LlamaModel (NemotronReference)."""
+    ref = references.NemotronReference(path)
+    assert got["model"] == body["model"], got
+    if route == "/v1/embeddings":
+        (message,) = body["messages"]
+        text, images = _nemotron_content({"content": message["content"]})
+        prefix = {"query": "query: ", "document": "passage: "}[message["role"]]
+        prompt = "<|begin_of_text|>" + prefix + "<image> " * len(images) + text  # vllm_semantics §7.1
+        ids, mask, pixels = references.nemotron_inputs(path, [prompt], [images], add_special_tokens=False)
+        want = ref.pooled(ids, mask, pixels)[0]
+        (item,) = got["data"]
+        assert item["object"] == "embedding" and item["index"] == 0
+        np.testing.assert_allclose(item["embedding"], (want / want.norm()).numpy(), atol=VECTOR_ATOL)
+        assert got["usage"]["prompt_tokens"] == int(mask.sum())
+        return
+    query = body.get("data_1", body.get("query"))
+    docs = body.get("data_2", body.get("documents"))
+    prompts, images = [], []
+    for doc in docs:
+        text, doc_images = _nemotron_content(doc)
+        prompts.append(("<image> " if doc_images else "") + f"question:{query} \n \n passage:{text}")  # §7.2
+        images.append(doc_images)
+    ids, mask, pixels = references.nemotron_inputs(path, prompts, images, add_special_tokens=True)
+    scores = list(torch_sigmoid(ref.logits(ids, mask, pixels)))
+    assert got["usage"]["prompt_tokens"] == int(mask.sum())
+    if route == "/score":
+        assert [d["score"] for d in got["data"]] == pytest.approx(scores, rel=SCORE_RTOL, abs=SCORE_ATOL)
+    else:
+        order = sorted(range(len(docs)), key=lambda i: -scores[i])[: body.get("top_n") or len(docs)]
+        assert [r["index"] for r in got["results"]] == order
+        for r in got["results"]:
+            assert r["relevance_score"] == pytest.approx(scores[r["index"]], rel=SCORE_RTOL, abs=SCORE_ATOL)
+            sent = json.loads(with_pages(json.dumps(docs[r["index"]])))
+            assert r["document"] == {"text": None, "multi_modal": sent["content"]}
+
+
+def torch_sigmoid(logits) -> list[float]:
+    return [float(1 / (1 + np.exp(-float(x)))) for x in logits]
