@@ -308,12 +308,15 @@ def write_colqwen3(
     min_pixels: int = 32 * 32,
     max_pixels: int = 128 * 128,
     dtype: torch.dtype = torch.float32,
+    lm_head: bool = True,
 ) -> Path:
     """Write a ColQwen3-family checkpoint in ``layout``'s exact files (module docstring) into ``path``.
 
     ``dim``: the projection's output size (``Linear(hidden, dim)``, with a bias when ``projection_bias``), or None
     for no projection weights at all.  ``min_pixels`` / ``max_pixels``: the image processor's ``size``
-    (``shortest_edge`` / ``longest_edge``), small so test images stay cheap.  Same arguments, same bytes.
+    (``shortest_edge`` / ``longest_edge``), small so test images stay cheap.  ``lm_head=False`` leaves the LM head
+    out of the tomoro / nvidia files and declares it tied, as Qwen3-VL-4B does (saves vocab x hidden weights in a
+    real-sized checkpoint).  Same arguments, same bytes.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
@@ -322,10 +325,12 @@ def write_colqwen3(
     path.mkdir(parents=True, exist_ok=True)
     dtype_name = str(dtype).removeprefix("torch.")
     config = _config_json(spec, sizes, dim, dtype_name)
+    if not lm_head:
+        config["tie_word_embeddings"] = config["text_config"]["tie_word_embeddings"] = True
     _write_json(path / "config.json", config)
 
     named = [(backbone_key(layout, name), shape) for name, shape in _backbone_shapes(config)]
-    if spec.lm_head is not None:
+    if spec.lm_head is not None and lm_head:
         named.append((spec.lm_head, (sizes.vocab_size, sizes.hidden_size)))
     if dim is not None:
         named.append((f"{spec.projection}.weight", (dim, sizes.hidden_size)))
