@@ -47,13 +47,13 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def embed_path(tmp_path_factory) -> Path:
-    return tiny_nemotron_vl.write_nemotron_vl_embed(tmp_path_factory.mktemp("nemotron_embed"))
+def embed_path(nemotron_embed) -> Path:
+    return nemotron_embed  # conftest's session fixture (the server tests serve the same folder)
 
 
 @pytest.fixture(scope="module")
-def rerank_path(tmp_path_factory) -> Path:
-    return tiny_nemotron_vl.write_nemotron_vl_rerank(tmp_path_factory.mktemp("nemotron_rerank"))
+def rerank_path(nemotron_rerank) -> Path:
+    return nemotron_rerank
 
 
 @pytest.fixture(scope="module")

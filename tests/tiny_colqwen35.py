@@ -45,22 +45,8 @@ from tiny_checkpoints import (
 
 __all__ = ["QWEN_SPECIAL_TOKENS", "write_colqwen3_5", "CHAT_TEMPLATE"]
 
-QWEN_SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
+# Qwen's added special tokens, shared with the Qwen3-VL fixture (the real Qwen3.5 tokenizer has the same run).
+from tiny_colqwen import SPECIAL_TOKENS as QWEN_SPECIAL_TOKENS  # noqa: E402
 # transformers' Qwen3_5Tokenizer pre-tokenisation split.
 _PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"""
