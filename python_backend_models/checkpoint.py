@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,26 +131,51 @@ def open_checkpoint(path: Path, hf_overrides: dict[str, Any] | None = None) -> C
     return Checkpoint(path=path, config=config)
 
 
-def load_state_dict(path: Path, stem: str = "model") -> dict[str, Any]:
-    """All tensors of ``<stem>.safetensors`` (or its sharded index) in ``path``."""
-    from safetensors.torch import load_file
-
+def weight_files(path: Path, stem: str = "model") -> list[Path]:
+    """The checkpoint's safetensors files: ``<stem>.safetensors``, or the shards its index names (sorted)."""
     single = path / f"{stem}.safetensors"
     if single.is_file():
-        return load_file(str(single))
+        return [single]
     index = path / f"{stem}.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(read_json(index)["weight_map"].values()))
-        state: dict[str, Any] = {}
-        for shard in shards:
-            state.update(load_file(str(path / shard)))
-        return state
-    if (path / f"{stem}.bin").is_file() or (path / "pytorch_model.bin").is_file():
+        try:
+            weight_map = read_json(index)["weight_map"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{index} has no readable weight_map ({exc})") from None
+        shards = [path / name for name in sorted(set(weight_map.values()))]
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise CheckpointError(f"{index} names shards that are not in {path}: {missing[:3]}")
+        return shards
+    if any(path.glob("*.bin")):
         raise CheckpointError(
             f"{path} holds only pickled weights (.bin); trilate loads safetensors only. "
             "Convert them once with safetensors.torch.save_file on a trusted machine."
         )
-    raise CheckpointError(f"{path} has no {stem}.safetensors")
+    raise CheckpointError(f"{path} has no {stem}.safetensors (nor {stem}.safetensors.index.json)")
+
+
+def weight_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape over every weight file, from the safetensors headers alone (no torch)."""
+    from .cards import safetensors_shapes
+
+    shapes: dict[str, list[int]] = {}
+    for file in weight_files(path):
+        try:
+            shapes.update(safetensors_shapes(file))
+        except (OSError, ValueError, UnicodeDecodeError, struct.error) as exc:
+            raise CheckpointError(f"{file} is not a readable safetensors file ({exc})") from None
+    return shapes
+
+
+def load_state_dict(path: Path, stem: str = "model") -> dict[str, Any]:
+    """All tensors of ``<stem>.safetensors`` (or its sharded index) in ``path``."""
+    from safetensors.torch import load_file
+
+    state: dict[str, Any] = {}
+    for file in weight_files(path, stem):
+        state.update(load_file(str(file)))
+    return state
 
 
 def load_torch_state_dict(file: Path) -> dict[str, Any]:

@@ -20,12 +20,11 @@ reference/vllm_semantics.md section 6):
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError, read_json
+from .checkpoint import CheckpointError, read_json, weight_shapes
+from .checkpoint import weight_files as _weight_files
 
 ARCHITECTURE = "ColQwen3_5"
 MODEL_TYPES = ("qwen3_5",)
@@ -97,35 +96,13 @@ def projection_dim(config: dict[str, Any]) -> tuple[int, str | None]:
 
 
 def weight_files(path: str | Path) -> list[Path]:
-    """The checkpoint's safetensors files: ``model.safetensors`` or the shards its index names."""
-    path = Path(path)
-    single = path / "model.safetensors"
-    if single.is_file():
-        return [single]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(read_json(index)["weight_map"].values()))
-        missing = [s for s in shards if not (path / s).is_file()]
-        if missing:
-            raise CheckpointError(f"{index} names shards that are not there: {missing}")
-        return [path / s for s in shards]
-    if any(path.glob("*.bin")):
-        raise CheckpointError(f"{path} holds only pickled weights (.bin); trilate loads safetensors only")
-    raise CheckpointError(f"{path} has no model.safetensors (or model.safetensors.index.json)")
-
-
-def _header(file: Path) -> dict[str, Any]:
-    with open(file, "rb") as fh:
-        (size,) = struct.unpack("<Q", fh.read(8))
-        return json.loads(fh.read(size))
+    """The checkpoint's safetensors files (``checkpoint.weight_files``)."""
+    return _weight_files(Path(path))
 
 
 def tensor_shapes(path: str | Path) -> dict[str, list[int]]:
     """Tensor name -> shape over all weight files, from the headers alone."""
-    shapes: dict[str, list[int]] = {}
-    for file in weight_files(path):
-        shapes.update({k: v["shape"] for k, v in _header(file).items() if k != "__metadata__"})
-    return shapes
+    return weight_shapes(Path(path))
 
 
 def is_projection_key(key: str) -> bool:

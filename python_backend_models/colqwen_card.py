@@ -19,12 +19,11 @@ weights load (``families/colqwen3.py``).
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError, read_json
+from .cards import safetensors_shapes as weight_shapes_of
+from .checkpoint import CheckpointError, read_json, weight_files
 
 # Projection size fields, in vLLM's lookup order (Tomoro, OpenSearch, then the generic names).
 DIM_FIELDS = ("embed_dim", "dims", "dim", "projection_dim", "colbert_dim")
@@ -45,43 +44,12 @@ _QWEN3_VL_IDS = {"image_token_id": 151655, "video_token_id": 151656, "vision_sta
                  "vision_end_token_id": 151653}
 
 
-def weight_files(path: Path) -> list[Path]:
-    """The checkpoint's safetensors files: ``model.safetensors`` or the shards its index names."""
-    single = path / "model.safetensors"
-    if single.is_file():
-        return [single]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = read_json(index)["weight_map"]
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{index} has no readable weight_map ({exc})") from None
-        shards = [path / name for name in sorted(set(weight_map.values()))]
-        missing = [s.name for s in shards if not s.is_file()]
-        if missing:
-            raise CheckpointError(f"{index} names shards that are not in {path}: {missing[:3]}")
-        return shards
-    if any(path.glob("*.bin")):
-        raise CheckpointError(
-            f"{path} holds only pickled weights (.bin); trilate loads safetensors only. "
-            "Convert them once with safetensors.torch.save_file on a trusted machine."
-        )
-    raise CheckpointError(f"{path} has no model.safetensors (nor model.safetensors.index.json)")
-
-
 def tensor_shapes(path: Path) -> dict[str, tuple[list[int], Path]]:
     """Tensor name -> (shape, file) over all of the checkpoint's safetensors files, from the headers alone."""
     out: dict[str, tuple[list[int], Path]] = {}
     for file in weight_files(path):
-        try:
-            with open(file, "rb") as fh:
-                (size,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(size))
-        except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{file} is not a readable safetensors file ({exc})") from None
-        for name, entry in header.items():
-            if name != "__metadata__":
-                out[name] = (list(entry["shape"]), file)
+        for name, shape in weight_shapes_of(file).items():
+            out[name] = (shape, file)
     return out
 
 

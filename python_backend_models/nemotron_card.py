@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .chat_templates import NEMOTRON_EMBED, NEMOTRON_RERANK
-from .checkpoint import CheckpointError, open_checkpoint, read_json, read_json_if_exists
+from .checkpoint import CheckpointError, open_checkpoint, read_json_if_exists, weight_files, weight_shapes
 from .nemotron_vl_images import IMG_CONTEXT, IMG_END, IMG_START, TilingParams
-from .registry import safetensors_shapes
 
 EMBED = "embed"
 RERANK = "rerank"
@@ -47,30 +46,7 @@ def _override_hint(key: str, example: str) -> str:
 
 def _weight_shapes(path: Path) -> dict[str, list[int]]:
     """Every tensor's shape across ``model.safetensors`` or the shards its index names."""
-    single = path / "model.safetensors"
-    if single.is_file():
-        return safetensors_shapes(single)
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shapes: dict[str, list[int]] = {}
-        for shard in sorted(set(read_json(index)["weight_map"].values())):
-            shapes.update(safetensors_shapes(path / shard))
-        return shapes
-    if any((path / f).is_file() for f in ("pytorch_model.bin", "model.bin")):
-        raise CheckpointError(f"{path} holds only pickled weights (.bin); trilate loads safetensors only. "
-                              "Convert them once with safetensors.torch.save_file on a trusted machine.")
-    raise CheckpointError(f"{path} has no model.safetensors (or model.safetensors.index.json)")
-
-
-def weight_files(path: Path) -> list[Path]:
-    """The safetensors files holding the weights, in a stable order."""
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        return [path / shard for shard in sorted(set(read_json(index)["weight_map"].values()))]
-    _weight_shapes(path)  # raises the right error
-    return []
+    return weight_shapes(path)
 
 
 def _labels(config: Mapping[str, Any]) -> int | None:
