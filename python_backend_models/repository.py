@@ -68,16 +68,28 @@ def describe_spec(spec: ServeSpec) -> ModelInfo:
     ckpt = open_checkpoint(path, spec.hf_overrides)
     info = describe(ckpt, spec.name, max_model_len=spec.max_model_len, hf_overrides=spec.hf_overrides)
     if spec.chat_template is not None:
-        from .chat_templates import load
-
-        # A file that does not compile fails the build, naming the line; the card carries its text, so a moved
-        # repository (a container image) needs no copy of the file.
-        info = replace(info, chat_template=load(Path(spec.chat_template).expanduser()).source)
+        info = replace(info, chat_template=_checked_template(spec, info))
     if spec.colbert_score_modes and not info.embedding_modes:
         raise CheckpointError(
             f"{spec.name}: ColBERT query/document scoring needs a ColBERT checkpoint with PyLate or Stanford conventions"
         )
     return info
+
+
+def _checked_template(spec: ServeSpec, info: ModelInfo) -> str:
+    """The source of ``--chat-template``, checked now: a file that does not compile fails the build naming the
+    line, and a cross-encoder's template must render a (query, document) pair, as every request will.  The card
+    carries the text, so a moved repository (a container image) needs no copy of the file."""
+    from .chat_templates import ChatTemplateError, load
+    from .errors import InputError
+
+    try:
+        template = load(Path(spec.chat_template).expanduser())
+        if info.cross_encoder:
+            template.render([{"role": "query", "content": "q"}, {"role": "document", "content": "d"}])
+    except (ChatTemplateError, InputError) as exc:
+        raise CheckpointError(f"{spec.name}: --chat-template {spec.chat_template}: {exc}") from None
+    return template.source
 
 
 def model_configs(spec: ServeSpec, info: ModelInfo, options: BuildOptions):

@@ -236,3 +236,13 @@ def test_nemotron_rerank_refuses_an_image_in_the_query_and_pooling(client):
     with pytest.raises(InvalidInputError, match="cross-encoder"):
         client.pooling(NEMOTRON_RERANK, "some text")
     assert len(client.score(NEMOTRON_RERANK, "q", ["still serving"]).data) == 1
+
+
+def test_nemotron_embed_scores_texts_by_cosine_of_reference_embeddings(client, nemotron_embed, embed_ref):
+    q, docs = "query: what is a robot", ["passage: a machine that acts", "passage: a kind of soup"]
+    ids, mask, _ = references.nemotron_inputs(nemotron_embed, [q, *docs], [[], [], []], add_special_tokens=True)
+    v = embed_ref.pooled(ids, mask)
+    v = (v / v.norm(dim=-1, keepdim=True)).numpy()
+    got = client.score(NEMOTRON_EMBED, q, docs)
+    assert [d.score for d in got.data] == pytest.approx([float(v[0] @ v[1]), float(v[0] @ v[2])],
+                                                        rel=SCORE_RTOL, abs=SCORE_ATOL)

@@ -251,3 +251,17 @@ def test_served_names_of_one_build_are_kept_apart(tmp_path, stanford_colbert):
                               ServeSpec(model=str(stanford_colbert), served_name="a__score")], tmp_path)
     assert [i.served_name for i in infos] == ["a", "a__score"]
     assert (tmp_path / "a__score" / "config.pbtxt").is_file() and (tmp_path / "a_5f_5fscore" / "config.pbtxt").is_file()
+
+
+def test_a_chat_template_that_does_not_compile_or_render_stops_the_build_naming_it(tmp_path, nemotron_rerank):
+    from python_backend_models.checkpoint import CheckpointError
+    from python_backend_models.repository import ServeSpec, build_repository
+
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}{{ m['content'] }")  # an unclosed tag
+    with pytest.raises(CheckpointError, match=r"broken\.jinja.*does not compile: line 1"):
+        build_repository([ServeSpec(model=str(nemotron_rerank), chat_template=str(broken))], tmp_path / "r1")
+    refuses = tmp_path / "refuses.jinja"
+    refuses.write_text("{{ raise_exception('this template only takes role user') }}")
+    with pytest.raises(CheckpointError, match="refuses.jinja: this template only takes role user"):
+        build_repository([ServeSpec(model=str(nemotron_rerank), chat_template=str(refuses))], tmp_path / "r2")
