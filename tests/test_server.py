@@ -7,7 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import references
-from server_support import BGE_M3, COLBERTS, DEFAULT, JINA, ODD, PROBE, PYLATE, PYLATE_VLLM, STANFORD
+from server_support import (
+    BGE_M3, COLBERTS, COLQWEN3, COLQWEN3_NVIDIA, COLQWEN3_OPS, COLQWEN35, DEFAULT, JINA, NEMOTRON_EMBED, NEMOTRON_RERANK, ODD,
+    PROBE, PYLATE, PYLATE_VLLM, STANFORD,
+)
 from tolerances import SCORE_ATOL, SCORE_RTOL
 from trilate import InvalidInputError, ModelNotFoundError, UnsupportedTaskError
 
@@ -30,7 +33,10 @@ def maxsim(q: np.ndarray, d: np.ndarray) -> float:
 
 def test_server_lists_every_served_model_with_its_tasks(client):
     cards = {c.served_name: c for c in client.models()}
-    assert set(cards) == {DEFAULT, PYLATE, BGE_M3, ODD, *COLBERTS}
+    images = {COLQWEN3, COLQWEN3_OPS, COLQWEN3_NVIDIA, COLQWEN35, NEMOTRON_EMBED, NEMOTRON_RERANK}
+    assert set(cards) == {DEFAULT, PYLATE, BGE_M3, ODD, *COLBERTS, *images}
+    assert all(cards[m].multimodal for m in images) and not any(cards[m].multimodal for m in set(cards) - images)
+    assert [m for m in cards if cards[m].cross_encoder] == [NEMOTRON_RERANK]
     for served, (_, _, architecture) in COLBERTS.items():
         assert cards[served].architecture == architecture and cards[served].score_type == "late-interaction"
     assert cards[DEFAULT].tasks == ("embed", "token_embed") and cards[DEFAULT].score_type == "bi-encoder"
