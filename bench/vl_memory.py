@@ -33,20 +33,34 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVED_NAME = "tomoro-4b-random"
-SHARD_BYTES = 2 * 10**9
-DIM = 320  # TomoroAI/tomoro-colqwen3-embed-4b's embed_dim
-# The processor's longest_edge in pixels: 512 * 512 -> 256 image tokens, so one forward of the 4B model stays
-# within minutes on 2 cores (Tomoro's own processor allows up to 1280 tokens per page).
-MAX_PIXELS = 512 * 512
 MIN_PIXELS = 32 * 32
 GENERATOR_VERSION = 1  # bump when the files the writer produces change
+
+
+@dataclass(frozen=True)
+class Target:
+    served_name: str
+    sizes: str  # a tiny_colqwen sizes attribute (None: Qwen3VLSizes())
+    dim: int
+    shard_bytes: int
+    max_pixels: int  # the processor's longest_edge in pixels
+
+
+TARGETS = {
+    # TomoroAI/tomoro-colqwen3-embed-4b: embed_dim 320.  512 * 512 pixels -> 256 image tokens, so one forward stays
+    # within a minute or two on 2 cores (Tomoro's own processor allows up to 1280 tokens per page).
+    "4b": Target("tomoro-4b-random", "QWEN3_VL_4B", 320, 2 * 10**9, 512 * 512),
+    # The plumbing on the tiny default sizes (tests/test_bench.py), in shards of 300 kB.
+    "tiny": Target("tomoro-tiny-random", None, 16, 300_000, 64 * 64),
+}
 
 
 def _tiny_colqwen():
@@ -56,25 +70,25 @@ def _tiny_colqwen():
     return tiny_colqwen
 
 
-def checkpoint(cache: Path) -> tuple[Path, dict]:
-    """The cached random 4B checkpoint (written first when absent) and what writing it cost (empty when cached)."""
+def checkpoint(cache: Path, target: Target) -> tuple[Path, dict]:
+    """The cached random checkpoint (written first when absent) and what writing it cost (empty when cached)."""
     import torch
 
     tc = _tiny_colqwen()
-    spec = {"sizes": tc.QWEN3_VL_4B.__dict__, "layout": "tomoro", "dim": DIM, "dtype": "bfloat16", "tie": True,
-            "seed": 7, "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "shard_bytes": SHARD_BYTES,
+    sizes = getattr(tc, target.sizes) if target.sizes else tc.Qwen3VLSizes()
+    spec = {"sizes": sizes.__dict__, "layout": "tomoro", "dim": target.dim, "dtype": "bfloat16", "tie": True,
+            "seed": 7, "min_pixels": MIN_PIXELS, "max_pixels": target.max_pixels, "shard_bytes": target.shard_bytes,
             "version": GENERATOR_VERSION}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:16]
-    path = cache / "vl-memory" / f"tomoro-colqwen3-4b-random-{key}"
+    path = cache / "vl-memory" / f"{target.served_name}-{key}"
     if (path / "model.safetensors.index.json").is_file():
         return path, {}
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    print(f"vl-memory: writing the random 4B checkpoint to {path} (once)", flush=True)
+    print(f"vl-memory: writing the random checkpoint to {path} (once)", flush=True)
     start = time.monotonic()
-    tc.write_colqwen3(partial, "tomoro", dim=DIM, sizes=tc.QWEN3_VL_4B, dtype=torch.bfloat16,
-                      tie_word_embeddings=True, shard_bytes=SHARD_BYTES, min_pixels=MIN_PIXELS,
-                      max_pixels=MAX_PIXELS)
+    tc.write_colqwen3(partial, "tomoro", dim=target.dim, sizes=sizes, dtype=torch.bfloat16, tie_word_embeddings=True,
+                      shard_bytes=target.shard_bytes, min_pixels=MIN_PIXELS, max_pixels=target.max_pixels)
     (partial / "vl-memory.json").write_text(json.dumps(spec, indent=2, default=list) + "\n")
     partial.rename(path)
     # ru_maxrss: KiB on Linux; this process did nothing big before writing.
@@ -107,9 +121,41 @@ def _status(pid: int) -> dict[str, int]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         name, _, value = line.partition(":")
-        if name in ("VmHWM", "VmRSS"):
+        if name in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
             fields[name] = int(value.split()[0]) * 1024
     return fields
+
+
+def read_bytes(pid: int) -> int:
+    """Bytes ``pid`` has made the kernel read from storage so far (/proc/<pid>/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Sampler:
+    """RssAnon / RssFile of one process every 0.2 s, keeping the largest of each (VmHWM does not split them: the
+    weights are file pages of the mapped checkpoint, what the forward allocates is anonymous memory)."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self._stop = pid, {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                now = _status(self.pid)
+            except OSError:
+                return
+            for key in self.peak:
+                self.peak[key] = max(self.peak[key], now.get(key, 0))
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
 
 
 def process_tree(root_pid: int) -> list[dict]:
@@ -142,13 +188,15 @@ def run(args: argparse.Namespace) -> dict:
     import httpx
     from trilate.launch import ServeProcess
 
-    cache = Path(os.environ.get("TRILATE_CACHE") or ROOT / ".trilate-cache")
-    ckpt, written = checkpoint(cache)
+    target = TARGETS["tiny" if args.tiny else "4b"]
+    cache = Path(args.cache or os.environ.get("TRILATE_CACHE") or ROOT / ".trilate-cache")
+    ckpt, written = checkpoint(cache, target)
     files = sorted(ckpt.glob("*.safetensors"))
     weights = sum(f.stat().st_size for f in files)
     print(f"vl-memory: checkpoint {ckpt} ({len(files)} shards, {weights / 1e9:.2f} GB)", flush=True)
     repo = tempfile.mkdtemp(prefix="vl-memory-repo-")
-    serve_args = [str(ckpt), "--dtype", "bfloat16", "--served-model-name", SERVED_NAME, "--model-repository", repo,
+    available = _meminfo("MemAvailable")
+    serve_args = [str(ckpt), "--dtype", "bfloat16", "--served-model-name", target.served_name, "--model-repository", repo,
                   "--uvicorn-log-level", "warning", "--startup-timeout", str(args.timeout)]
     print(f"vl-memory: trilate serve {' '.join(serve_args)}", flush=True)
     start = time.monotonic()
@@ -156,24 +204,39 @@ def run(args: argparse.Namespace) -> dict:
     try:
         load_s = time.monotonic() - start
         after_load = process_tree(served.proc.pid)
+        encoder_pid = next((p["pid"] for p in after_load if p["process"].endswith("__encoder")), None)
+        if encoder_pid is None:
+            raise SystemExit(f"vl-memory: no encoder stub among {[p['process'] for p in after_load]}")
+        read_at_load = read_bytes(encoder_pid)
+        sampler = Sampler(encoder_pid)
         png = page_png()
-        body = {"model": SERVED_NAME, "messages": [{"role": "user", "content": [
+        body = {"model": target.served_name, "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}}]}]}
-        print(f"vl-memory: ready in {load_s:.0f} s; sending a 1024x1024 page to /pooling", flush=True)
-        start = time.monotonic()
+        print(f"vl-memory: ready in {load_s:.0f} s; sending a 1024x1024 page to /pooling (scaled to "
+              f"{target.max_pixels} pixels)", flush=True)
+        answer_s, read_answering, answers = [], [], []
         with httpx.Client(base_url=served.rest_url, timeout=args.timeout) as http:
-            resp = http.post("/pooling", json=body)
-        answer_s = time.monotonic() - start
-        if resp.status_code != 200:
-            raise SystemExit(f"vl-memory: /pooling answered {resp.status_code}: {resp.text[:2000]}")
-        vectors = np.asarray(resp.json()["data"][0]["data"], dtype=np.float32)
+            # Twice: the first answer faults the mapped weights in, the second shows what a warm one costs.
+            for _ in range(2):
+                before = read_bytes(encoder_pid)
+                start = time.monotonic()
+                resp = http.post("/pooling", json=body)
+                answer_s.append(time.monotonic() - start)
+                read_answering.append(read_bytes(encoder_pid) - before)
+                if resp.status_code != 200:
+                    raise SystemExit(f"vl-memory: /pooling answered {resp.status_code}: {resp.text[:2000]}")
+                answers.append(np.asarray(resp.json()["data"][0]["data"], dtype=np.float32))
+                print(f"vl-memory: answered in {answer_s[-1]:.0f} s", flush=True)
+        sampled = sampler.stop()
+        vectors = answers[0]
         norms = np.linalg.norm(vectors, axis=-1) if vectors.ndim == 2 else np.array([])
-        image_tokens = MAX_PIXELS // (32 * 32)
-        ok = (vectors.ndim == 2 and vectors.shape[1] == DIM and vectors.shape[0] >= image_tokens
-              and bool(np.isfinite(vectors).all()) and bool(np.allclose(norms, 1.0, atol=1e-3)))
+        image_tokens = target.max_pixels // (32 * 32)
+        ok = (vectors.ndim == 2 and vectors.shape[1] == target.dim and vectors.shape[0] >= image_tokens
+              and bool(np.isfinite(vectors).all()) and bool(np.allclose(norms, 1.0, atol=1e-3))
+              and answers[1].shape == vectors.shape and bool(np.allclose(answers[1], vectors, atol=1e-5)))
         if not ok:
-            raise SystemExit(f"vl-memory: the answer is not {DIM}-d unit vectors for >= {image_tokens} tokens: "
-                             f"shape {list(vectors.shape)}, norms {norms.min() if norms.size else None}.."
+            raise SystemExit(f"vl-memory: the answers are not the same {target.dim}-d unit vectors for >= {image_tokens} "
+                             f"tokens: shape {list(vectors.shape)}, norms {norms.min() if norms.size else None}.."
                              f"{norms.max() if norms.size else None}")
         after_answer = process_tree(served.proc.pid)
     finally:
@@ -183,16 +246,26 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"host": platform.node(), "cpu": _cpu(), "threads": os.cpu_count(),
-                    "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")},
+                    "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+                    "available_bytes": available},
         "checkpoint": {"path": str(ckpt), "shards": len(files), "weights_bytes": weights,
                        "disk_bytes": sum(f.stat().st_size for f in ckpt.iterdir() if f.is_file()),
                        "written": written},
         "load_s": load_s, "answer_s": answer_s, "tokens": int(vectors.shape[0]), "dim": int(vectors.shape[1]),
         "processes_after_load": after_load, "processes_after_answer": after_answer,
         "encoder_peak_bytes": encoder["VmHWM"] if encoder else None,
+        "encoder_answering_peaks_bytes": sampled,
+        "encoder_read_bytes": {"loading": read_at_load, "answering": read_answering},
         "tree_peak_sum_bytes": sum(p["VmHWM"] for p in after_answer),
         "tree_rss_after_answer_bytes": sum(p["VmRSS"] for p in after_answer),
     }
+
+
+def _meminfo(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def _cpu() -> str:
@@ -207,11 +280,16 @@ def summary(result: dict) -> list[str]:
     lines = [f"checkpoint: {result['checkpoint']['shards']} shards, {result['checkpoint']['weights_bytes'] / gb:.2f} "
              f"GB of bf16 weights ({result['checkpoint']['disk_bytes'] / gb:.2f} GB on disk)",
              f"load (trilate serve until ready): {result['load_s']:.0f} s; one page (/pooling, {result['tokens']} "
-             f"tokens x {result['dim']}): {result['answer_s']:.0f} s",
+             f"tokens x {result['dim']}): {result['answer_s'][0]:.0f} s first, {result['answer_s'][1]:.0f} s again",
              "peak resident memory (VmHWM) per process:"]
     for p in sorted(result["processes_after_answer"], key=lambda p: -p["VmHWM"]):
         lines.append(f"  {p['process']:<40} peak {p['VmHWM'] / gb:6.2f} GB   now {p['VmRSS'] / gb:6.2f} GB")
     lines.append(f"  {'sum of the peaks':<40} {result['tree_peak_sum_bytes'] / gb:6.2f} GB")
+    sampled, read = result["encoder_answering_peaks_bytes"], result["encoder_read_bytes"]
+    lines.append(f"encoder while answering (0.2 s samples): peak file-backed {sampled['RssFile'] / gb:.2f} GB (the "
+                 f"mapped weights), peak anonymous {sampled['RssAnon'] / gb:.2f} GB; read from storage: "
+                 f"{read['loading'] / gb:.2f} GB loading, {read['answering'][0] / gb:.2f} GB answering first, "
+                 f"{read['answering'][1] / gb:.2f} GB again")
     return lines
 
 
@@ -226,17 +304,24 @@ def update_readme(readme: Path, result: dict, report_name: str) -> None:
     triton = procs.get("tritonserver", {"VmHWM": 0})
     front = procs.get("trilate serve (front end)", {"VmHWM": 0})
     enc = result["encoder_peak_bytes"] or 0
+    sampled = result["encoder_answering_peaks_bytes"]
     block = "\n".join([
         start,
         f"Latest `make vl-memory` ({report_name}; {result['machine']['cpu']}, {result['machine']['threads']} threads, "
         f"{result['machine']['memory_bytes'] / 2**30:.0f} GiB): {result['checkpoint']['weights_bytes'] / gb:.2f} GB "
         f"of bf16 weights in {result['checkpoint']['shards']} shards.",
         "",
-        "| encoder stub peak | tritonserver peak | front end peak | all processes, sum of peaks | load | one page |",
-        "| --- | --- | --- | --- | --- | --- |",
-        f"| {enc / gb:.2f} GB | {triton['VmHWM'] / gb:.2f} GB | {front['VmHWM'] / gb:.2f} GB | "
+        "| encoder stub peak | its file-backed (weights) / anonymous peaks | tritonserver peak | front end peak | "
+        "all processes, sum of peaks | load | one page: first, again |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| {enc / gb:.2f} GB | {sampled['RssFile'] / gb:.2f} / {sampled['RssAnon'] / gb:.2f} GB | "
+        f"{triton['VmHWM'] / gb:.2f} GB | {front['VmHWM'] / gb:.2f} GB | "
         f"{result['tree_peak_sum_bytes'] / gb:.2f} GB | {result['load_s']:.0f} s | "
-        f"{result['answer_s']:.0f} s ({result['tokens']} tokens) |",
+        f"{result['answer_s'][0]:.0f} s, {result['answer_s'][1]:.0f} s ({result['tokens']} tokens) |",
+        "",
+        f"The encoder read {result['encoder_read_bytes']['answering'][0] / gb:.1f} GB from storage for the first "
+        f"answer and {result['encoder_read_bytes']['answering'][1] / gb:.1f} GB for the second; "
+        f"{result['machine']['available_bytes'] / gb:.1f} GB of memory was available when it started.",
         end,
     ])
     before, rest = text.split(start, 1)
@@ -247,12 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed to load, and to answer")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--cache", default=None, help="where the checkpoint is cached (default: $TRILATE_CACHE or "
+                                                      ".trilate-cache/)")
+    parser.add_argument("--tiny", action="store_true", help="the plumbing only: the tiny default sizes, 300 kB shards")
     parser.add_argument("--readme", default=None, help="update this README's vl-memory block with the figures")
     args = parser.parse_args(argv)
     result = run(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"vl-memory-{dt.date.today().isoformat()}-{platform.node()}.json"
+    path = out / f"vl-memory{'-tiny' if args.tiny else ''}-{dt.date.today().isoformat()}-{platform.node()}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print("\n".join(summary(result)))
     print(f"vl-memory: wrote {path}")
