@@ -282,6 +282,10 @@ def summary(result: dict) -> list[str]:
              f"load (trilate serve until ready): {result['load_s']:.0f} s; one page (/pooling, {result['tokens']} "
              f"tokens x {result['dim']}): {result['answer_s'][0]:.0f} s first, {result['answer_s'][1]:.0f} s again",
              "peak resident memory (VmHWM) per process:"]
+    written = result["checkpoint"]["written"]
+    if written:
+        lines.insert(1, f"written in {written['seconds']:.0f} s; the writer's peak resident memory "
+                        f"{written['peak_rss_bytes'] / gb:.2f} GB")
     for p in sorted(result["processes_after_answer"], key=lambda p: -p["VmHWM"]):
         lines.append(f"  {p['process']:<40} peak {p['VmHWM'] / gb:6.2f} GB   now {p['VmRSS'] / gb:6.2f} GB")
     lines.append(f"  {'sum of the peaks':<40} {result['tree_peak_sum_bytes'] / gb:6.2f} GB")
