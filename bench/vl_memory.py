@@ -196,8 +196,8 @@ def run(args: argparse.Namespace) -> dict:
     print(f"vl-memory: checkpoint {ckpt} ({len(files)} shards, {weights / 1e9:.2f} GB)", flush=True)
     repo = tempfile.mkdtemp(prefix="vl-memory-repo-")
     available = _meminfo("MemAvailable")
-    serve_args = [str(ckpt), "--dtype", "bfloat16", "--served-model-name", target.served_name, "--model-repository", repo,
-                  "--uvicorn-log-level", "warning", "--startup-timeout", str(args.timeout)]
+    serve_args = [str(ckpt), "--dtype", "bfloat16", "--served-model-name", target.served_name,
+                  "--model-repository", repo, "--uvicorn-log-level", "warning", "--startup-timeout", str(args.timeout)]
     print(f"vl-memory: trilate serve {' '.join(serve_args)}", flush=True)
     start = time.monotonic()
     served = ServeProcess(serve_args, timeout=args.timeout + 60)
@@ -235,9 +235,9 @@ def run(args: argparse.Namespace) -> dict:
               and bool(np.isfinite(vectors).all()) and bool(np.allclose(norms, 1.0, atol=1e-3))
               and answers[1].shape == vectors.shape and bool(np.allclose(answers[1], vectors, atol=1e-5)))
         if not ok:
-            raise SystemExit(f"vl-memory: the answers are not the same {target.dim}-d unit vectors for >= {image_tokens} "
-                             f"tokens: shape {list(vectors.shape)}, norms {norms.min() if norms.size else None}.."
-                             f"{norms.max() if norms.size else None}")
+            raise SystemExit(f"vl-memory: the answers are not the same {target.dim}-d unit vectors for >= "
+                             f"{image_tokens} tokens: shape {list(vectors.shape)}, norms "
+                             f"{norms.min() if norms.size else None}..{norms.max() if norms.size else None}")
         after_answer = process_tree(served.proc.pid)
     finally:
         served.stop()

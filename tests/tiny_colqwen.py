@@ -18,10 +18,11 @@ nemotron-colembed-vl does) and no dim field.
 
 Files, as the real repos hold them: ``config.json`` (a Qwen3-VL config: ``text_config`` / ``vision_config`` in the
 key set transformers 4.57 wrote for Qwen/Qwen3-VL-*-Instruct, incl. the legacy ``rope_scaling`` + ``rope_theta``),
-``model.safetensors``, ``preprocessor_config.json`` (Qwen3-VL's: patch 16, merge 2, temporal 2, mean/std 0.5,
-``size`` in pixels), ``tokenizer.json`` (byte-level BPE with Qwen2's pre-tokenizer, 480 learned tokens then the
-14 Qwen2-VL special tokens in Qwen's order), ``tokenizer_config.json`` (``Qwen2Tokenizer``, the special tokens, a
-Qwen3-VL style chat template) and ``special_tokens_map.json``.
+``model.safetensors`` (or, with ``shard_bytes``, shards + ``model.safetensors.index.json``),
+``preprocessor_config.json`` (Qwen3-VL's: patch 16, merge 2, temporal 2, mean/std 0.5, ``size`` in pixels),
+``tokenizer.json`` (byte-level BPE with Qwen2's pre-tokenizer, 480 learned tokens then the 14 Qwen2-VL special
+tokens in Qwen's order), ``tokenizer_config.json`` (``Qwen2Tokenizer``, the special tokens, a Qwen3-VL style chat
+template) and ``special_tokens_map.json``.
 
 The sizes are a parameter (:class:`Qwen3VLSizes`; :data:`QWEN3_VL_4B` gives Qwen3-VL-4B's backbone sizes) so a
 real-sized random checkpoint can reuse this builder. Weights: every tensor drawn from one generator seeded with
