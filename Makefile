@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test venv repo clean lock bench bench-frontend perf-analyzer chromium soak
+.PHONY: serve test venv repo clean lock bench bench-frontend perf-analyzer chromium soak vl-memory
 
 venv: $(STAMP)
 
@@ -57,6 +57,12 @@ perf-analyzer: $(STAMP)
 # (bench/results/soak-*.md). SOAK_ARGS="--duration 60 --concurrency 8" for a shorter one.
 soak: $(STAMP) perf-analyzer
 	$(BIN)/python bench/soak.py --perf-analyzer .trilate/perf_analyzer/run --readme README.md $(SOAK_ARGS)
+
+# Peak memory of a real-sized ColQwen3 (tomoro-colqwen3-embed-4b's configuration, random bf16 weights, ~9 GB written
+# once under $TRILATE_CACHE or .trilate-cache/) served with --dtype bfloat16, and its load / one-page times; writes
+# bench/results/vl-memory-<date>-<host>.json and the README's vl-memory block (~15 min on 2 cores; 16 GB free RAM).
+vl-memory: $(STAMP)
+	$(BIN)/python bench/vl_memory.py --readme README.md $(VL_MEMORY_ARGS)
 
 lock: $(STAMP)
 	{ echo "# Every package the project's environment holds, pinned. Regenerate with: make lock"; \

@@ -38,3 +38,24 @@ def test_bench_writes_its_result_files_and_the_readme_block(tmp_path):
     assert "## Summary" in md.read_text()
     text = readme.read_text()
     assert "old" not in text and "| colbert-small |" in text and text.endswith("<!-- bench:end -->\n\ntail\n")
+
+
+def test_vl_memory_serves_a_sharded_colqwen3_and_writes_its_figures_and_the_readme_block(tmp_path):
+    """`make vl-memory`'s plumbing on the tiny sizes (the 4B run is `make vl-memory`; its figures are in the
+    README): a sharded bf16 Tomoro-layout checkpoint through `trilate serve`, one page image, every process's peak."""
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- vl-memory:start -->\nold\n<!-- vl-memory:end -->\n\ntail\n", encoding="utf-8")
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(ROOT / "bench" / "vl_memory.py"), "--tiny", "--cache", str(tmp_path / "cache"),
+           "--output", str(out), "--readme", str(readme), "--timeout", "300"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (js,) = out.glob("vl-memory-tiny-*.json")
+    result = json.loads(js.read_text())
+    assert result["checkpoint"]["shards"] > 1 and result["dim"] == 16 and result["tokens"] >= 4
+    names = {p["process"] for p in result["processes_after_answer"]}
+    assert {"tritonserver", "trilate serve (front end)", "stub tomoro-tiny-random__encoder"} <= names
+    assert result["encoder_peak_bytes"] > 0 and result["tree_peak_sum_bytes"] >= result["encoder_peak_bytes"]
+    assert len(result["answer_s"]) == 2
+    text = readme.read_text()
+    assert "old" not in text and "| encoder stub peak |" in text and text.endswith("<!-- vl-memory:end -->\n\ntail\n")

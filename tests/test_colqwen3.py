@@ -15,7 +15,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
@@ -299,27 +298,6 @@ def test_fixture_matches_the_real_repos_conventions(checkpoints):
     )
 
 
-def test_a_sharded_checkpoint_loads_like_the_single_file(checkpoints, rows, tmp_path):
-    """model.safetensors.index.json + shards, as the 4B/8B repos ship them, give the same vectors."""
-    source = checkpoints[("opensearch", True, 24)]
-    folder = _copy(source, tmp_path / "sharded")
-    tensors = load_file(str(folder / "model.safetensors"))
-    (folder / "model.safetensors").unlink()
-    names = sorted(tensors)
-    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
-    for shard, keys in shards.items():
-        save_file({k: tensors[k] for k in keys}, str(folder / shard), metadata={"format": "pt"})
-    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-             "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    assert read_colqwen3(folder) == read_colqwen3(source)
-    config = QwenVLImageConfig.from_checkpoint(folder)
-    inputs = _batch(rows, config)
-    single = load_colqwen3(source, overrides={}, device=torch.device("cpu"), dtype=torch.float32)(*inputs)
-    sharded = load_colqwen3(folder, overrides={}, device=torch.device("cpu"), dtype=torch.float32)(*inputs)
-    assert torch.equal(single, sharded)
-
-
 def _status_mb(field: str) -> float:
     for line in open("/proc/self/status", encoding="ascii"):
         if line.startswith(field + ":"):
@@ -357,3 +335,57 @@ def test_the_card_reads_without_torch(checkpoints):
             f"card = read_colqwen3({str(folder)!r}); print(card['dim'], 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["16", "False"]
+def _mapped_ranges(files) -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of ``files`` (/proc/self/maps)."""
+    names = {str(f.resolve()) for f in files}
+    ranges = []
+    for line in open("/proc/self/maps"):
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].strip() in names:
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+def test_bf16_weights_loaded_as_bf16_stay_in_the_files_mapping_not_copied(tmp_path):
+    # The memory promise (one copy of the weights, not two): with the checkpoint's dtype equal to the serving
+    # dtype every backbone tensor is a view of the mapped safetensors file, so its pages are the page cache's.
+    # A copy anywhere on the load path (a cast, .clone(), .contiguous() of a copy, load_state_dict without
+    # assign=True) moves the tensor into anonymous memory and fails this.
+    folder = tiny_colqwen.write_colqwen3(tmp_path / "bf16", "tomoro", dtype=torch.bfloat16, shard_bytes=300_000,
+                                         tie_word_embeddings=True)
+    files = sorted(folder.glob("model-*.safetensors"))
+    assert len(files) > 1
+    model = load_colqwen3(folder, overrides={}, device=torch.device("cpu"), dtype=torch.bfloat16)
+    ranges = _mapped_ranges(files)
+    assert ranges, "the loaded model keeps the checkpoint's files mapped"
+    params = dict(model.backbone.named_parameters())
+    copied = [name for name, p in params.items()
+              if not any(lo <= p.data_ptr() and p.data_ptr() + p.numel() * p.element_size() <= hi for lo, hi in ranges)]
+    assert copied == [], f"{len(copied)} of {len(params)} backbone weights were copied on load, e.g. {copied[:3]}"
+
+
+def test_a_sharded_tied_checkpoint_holds_the_same_tensors_and_loads_the_same(tmp_path, rows):
+    single = tiny_colqwen.write_colqwen3(tmp_path / "single", "tomoro", dtype=torch.bfloat16, tie_word_embeddings=True)
+    sharded = tiny_colqwen.write_colqwen3(tmp_path / "sharded", "tomoro", dtype=torch.bfloat16, shard_bytes=300_000,
+                                          tie_word_embeddings=True)
+    config = json.loads((sharded / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True and config["text_config"]["tie_word_embeddings"] is True
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert sorted(set(index["weight_map"].values())) == [f.name for f in shards]
+    assert all(f.stat().st_size < 300_000 + 100_000 for f in shards)  # about shard_bytes (+ the header)
+    merged = {}
+    for f in shards:
+        part = load_file(str(f))
+        assert all(index["weight_map"][k] == f.name for k in part)
+        merged.update(part)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in merged.values())
+    reference = load_file(str(single / "model.safetensors"))
+    # Tied: no LM head tensor, as save_pretrained writes a tied checkpoint; sharding changes the files only.
+    assert "vlm.lm_head.weight" not in merged and set(merged) == set(reference)
+    assert all(torch.equal(merged[k], reference[k]) for k in merged)
+    inputs = _batch(rows[1:2], QwenVLImageConfig.from_checkpoint(single))
+    a = load_colqwen3(single, overrides={}, device=torch.device("cpu"), dtype=torch.bfloat16)(*inputs)
+    b = load_colqwen3(sharded, overrides={}, device=torch.device("cpu"), dtype=torch.bfloat16)(*inputs)
+    assert torch.equal(a, b)

@@ -422,8 +422,13 @@ def _seeded_state_dict(
     named_shapes: list[tuple[str, tuple[int, ...]]], seed: int, std: float | None = None
 ) -> dict[str, torch.Tensor]:
     """Draw every tensor of ``named_shapes`` (sorted by name) from one generator seeded with ``seed``."""
+    return dict(_seeded_tensors(named_shapes, seed, std))
+
+
+def _seeded_tensors(named_shapes: list[tuple[str, tuple[int, ...]]], seed: int, std: float | None = None):
+    """Yield ``(name, fp32 tensor)`` in name order, as :func:`_seeded_state_dict` draws them, one at a time (so a
+    writer can stream a multi-GB checkpoint shard by shard)."""
     generator = torch.Generator().manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
     for name, shape in sorted(named_shapes):
         leaf = name.rsplit(".", 2)
         owner = leaf[-2] if len(leaf) >= 2 else ""
@@ -433,8 +438,7 @@ def _seeded_state_dict(
             tensor = 0.05 * torch.randn(shape, generator=generator, dtype=torch.float32)
         else:
             tensor = (std or INIT_STD) * torch.randn(shape, generator=generator, dtype=torch.float32)
-        out[name] = tensor.contiguous()
-    return out
+        yield name, tensor.contiguous()
 
 
 def _instantiate_for_shapes(model_class, config) -> torch.nn.Module:

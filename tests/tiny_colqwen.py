@@ -16,10 +16,11 @@ nemotron-colembed-vl does) and no dim field.
 
 Files, as the real repos hold them: ``config.json`` (a Qwen3-VL config: ``text_config`` / ``vision_config`` in the
 key set transformers 4.57 wrote for Qwen/Qwen3-VL-*-Instruct, incl. the legacy ``rope_scaling`` + ``rope_theta``),
-``model.safetensors``, ``preprocessor_config.json`` (Qwen3-VL's: patch 16, merge 2, temporal 2, mean/std 0.5,
-``size`` in pixels), ``tokenizer.json`` (byte-level BPE with Qwen2's pre-tokenizer, 480 learned tokens then the
-14 Qwen2-VL special tokens in Qwen's order), ``tokenizer_config.json`` (``Qwen2Tokenizer``, the special tokens, a
-Qwen3-VL style chat template) and ``special_tokens_map.json``.
+``model.safetensors`` (or, with ``shard_bytes``, shards + ``model.safetensors.index.json``),
+``preprocessor_config.json`` (Qwen3-VL's: patch 16, merge 2, temporal 2, mean/std 0.5, ``size`` in pixels),
+``tokenizer.json`` (byte-level BPE with Qwen2's pre-tokenizer, 480 learned tokens then the 14 Qwen2-VL special
+tokens in Qwen's order), ``tokenizer_config.json`` (``Qwen2Tokenizer``, the special tokens, a Qwen3-VL style chat
+template) and ``special_tokens_map.json``.
 
 The sizes are a parameter (:class:`Qwen3VLSizes`; :data:`QWEN3_VL_4B` gives Qwen3-VL-4B's backbone sizes) so a
 real-sized random checkpoint can reuse this builder. Weights: every tensor drawn from one generator seeded with
@@ -36,7 +37,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tiny_checkpoints import _instantiate_for_shapes, _minilm_words, _model_named_shapes, _seeded_state_dict
+from tiny_checkpoints import _instantiate_for_shapes, _minilm_words, _model_named_shapes, _seeded_tensors
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -167,7 +168,7 @@ def backbone_key(layout: str, key: str) -> str:
     return LAYOUTS[layout].backbone_prefix + key
 
 
-def _config_json(layout: Layout, sizes: Qwen3VLSizes, dim: int | None, dtype: str) -> dict:
+def _config_json(layout: Layout, sizes: Qwen3VLSizes, dim: int | None, dtype: str, tie: bool) -> dict:
     ids = special_token_ids()
     config = {
         "architectures": [layout.architecture],
@@ -177,7 +178,7 @@ def _config_json(layout: Layout, sizes: Qwen3VLSizes, dim: int | None, dtype: st
         "video_token_id": ids["<|video_pad|>"],
         "vision_start_token_id": ids["<|vision_start|>"],
         "vision_end_token_id": ids["<|vision_end|>"],
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": tie,
         "text_config": {
             "attention_bias": False,
             "attention_dropout": 0.0,
@@ -198,7 +199,7 @@ def _config_json(layout: Layout, sizes: Qwen3VLSizes, dim: int | None, dtype: st
             "rope_scaling": {"mrope_interleaved": True, "mrope_section": list(sizes.mrope_section),
                              "rope_type": "default"},
             "rope_theta": sizes.rope_theta,
-            "tie_word_embeddings": False,
+            "tie_word_embeddings": tie,
             "use_cache": True,
             "vocab_size": sizes.vocab_size,
         },
@@ -297,6 +298,44 @@ def _backbone_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:
     return _model_named_shapes(_instantiate_for_shapes(Qwen3VLModel, hf))
 
 
+def _write_weights(path: Path, named: list[tuple[str, tuple[int, ...]]], seed: int, dtype: torch.dtype,
+                   bias: str | None, shard_bytes: int | None) -> None:
+    """Draw ``named`` (``_seeded_tensors``, name order) in ``dtype`` into ``model.safetensors``, or into shards of
+    about ``shard_bytes`` planned from the shapes first (a shard closes before the tensor that would overflow it),
+    each drawn, written and dropped before the next."""
+    size = torch.empty((), dtype=dtype).element_size()
+    shards: list[list[str]] = [[]]
+    filled = 0
+    for name, shape in sorted(named):
+        nbytes = size * max(1, int(torch.Size(shape).numel()))
+        if shard_bytes is not None and shards[-1] and filled + nbytes > shard_bytes:
+            shards.append([])
+            filled = 0
+        shards[-1].append(name)
+        filled += nbytes
+    files = (["model.safetensors"] if shard_bytes is None else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    drawn = _seeded_tensors(named, seed)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for names, file in zip(shards, files):
+        state: dict[str, torch.Tensor] = {}
+        for name in names:
+            drawn_name, tensor = next(drawn)
+            if bias is not None and drawn_name == bias:
+                # A visible bias: the default 0.05 std would leave it easy to miss next to the weight's.
+                tensor = tensor * 10
+            state[drawn_name] = tensor.to(dtype).contiguous()
+            del tensor
+            weight_map[drawn_name] = file
+            total += state[drawn_name].numel() * size
+        save_file(state, str(path / file), metadata={"format": "pt"})
+        del state
+    if shard_bytes is not None:
+        _write_json(path / "model.safetensors.index.json",
+                    {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+
+
 def write_colqwen3(
     path: str | Path,
     layout: str = "tomoro",
@@ -308,15 +347,19 @@ def write_colqwen3(
     min_pixels: int = 32 * 32,
     max_pixels: int = 128 * 128,
     dtype: torch.dtype = torch.float32,
-    lm_head: bool = True,
+    tie_word_embeddings: bool = False,
+    shard_bytes: int | None = None,
 ) -> Path:
     """Write a ColQwen3-family checkpoint in ``layout``'s exact files (module docstring) into ``path``.
 
     ``dim``: the projection's output size (``Linear(hidden, dim)``, with a bias when ``projection_bias``), or None
     for no projection weights at all.  ``min_pixels`` / ``max_pixels``: the image processor's ``size``
-    (``shortest_edge`` / ``longest_edge``), small so test images stay cheap.  ``lm_head=False`` leaves the LM head
-    out of the tomoro / nvidia files and declares it tied, as Qwen3-VL-4B does (saves vocab x hidden weights in a
-    real-sized checkpoint).  Same arguments, same bytes.
+    (``shortest_edge`` / ``longest_edge``), small so test images stay cheap.  ``tie_word_embeddings``: what
+    config.json says (Qwen3-VL-4B: true); a tied checkpoint carries no LM head tensor, as ``save_pretrained``
+    writes it.  ``shard_bytes``: None writes one ``model.safetensors``; a size writes
+    ``model-0000i-of-0000n.safetensors`` shards of about that many bytes plus ``model.safetensors.index.json``
+    (transformers' sharded layout), drawing and writing one shard at a time so the writer holds about one shard
+    in memory.  Same arguments, same bytes (sharding changes the files, not the tensors).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
@@ -324,24 +367,18 @@ def write_colqwen3(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     dtype_name = str(dtype).removeprefix("torch.")
-    config = _config_json(spec, sizes, dim, dtype_name)
-    if not lm_head:
-        config["tie_word_embeddings"] = config["text_config"]["tie_word_embeddings"] = True
+    config = _config_json(spec, sizes, dim, dtype_name, tie_word_embeddings)
     _write_json(path / "config.json", config)
 
     named = [(backbone_key(layout, name), shape) for name, shape in _backbone_shapes(config)]
-    if spec.lm_head is not None and lm_head:
+    if spec.lm_head is not None and not tie_word_embeddings:
         named.append((spec.lm_head, (sizes.vocab_size, sizes.hidden_size)))
     if dim is not None:
         named.append((f"{spec.projection}.weight", (dim, sizes.hidden_size)))
         if projection_bias:
             named.append((f"{spec.projection}.bias", (dim,)))
-    state = _seeded_state_dict(named, seed)
-    if dim is not None and projection_bias:
-        # A visible bias: the default 0.05 std would leave it easy to miss next to the weight's.
-        state[f"{spec.projection}.bias"] = state[f"{spec.projection}.bias"] * 10
-    state = {k: v.to(dtype).contiguous() for k, v in state.items()}
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    _write_weights(path, named, seed, dtype, bias=f"{spec.projection}.bias" if dim is not None and projection_bias
+                   else None, shard_bytes=shard_bytes)
 
     _write_json(path / "preprocessor_config.json", {
         "size": {"longest_edge": max_pixels, "shortest_edge": min_pixels},

@@ -174,8 +174,8 @@ def load_colqwen3(path: Path, *, overrides: dict | None = None, device: torch.de
     projection: dict[str, torch.Tensor] = {}
     wrong: list[str] = []
     ignored: list[str] = []
-    # safe_open maps the file: on the CPU a tensor already in ``dtype`` is used in place (no copy, its pages load
-    # on first use), others are cast one at a time; on a GPU each tensor is copied over once, then cast.
+    # safe_open maps the file: on the CPU a tensor is a view of the mapping (its pages are read on first use and
+    # stay the page cache's), and .to(dtype) copies only when the file's dtype differs (tests/test_colqwen3.py).
     target = device.type if device.index is None else f"{device.type}:{device.index}"
     for file in weight_files(path):
         with safe_open(str(file), framework="pt", device=target) as fh:
