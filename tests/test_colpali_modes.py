@@ -298,3 +298,23 @@ def test_document_prompt_refuses_what_colpali_engine_has_no_convention_for():
         CM.document_prompt([], 2)
     with pytest.raises(InputError, match="only available for"):
         CM.query_prompt("q", "colbert")
+
+
+def test_colpali_engine_runs_colqwen3_5_causal_whatever_retrieval_attention_contract_says(tmp_path, colpali_models):
+    """colpali-engine never reads ``retrieval_attention_contract``: on a bidirectional checkpoint its vectors are
+    our causal ones (the same weights with the contract overridden), not our bidirectional ones."""
+    from python_backend_models.families.colqwen3_5 import load_colqwen3_5
+
+    path = tiny_colqwen35.write_colqwen3_5(tmp_path / "bidirectional", contract="bidirectional")
+    batch = colpali_process(path, "colqwen3_5", queries=QUERIES[:1])
+    with torch.no_grad():
+        theirs = _colpali_model(colpali_models, "colqwen3_5", path)(**batch)[0]
+    ids = torch.from_numpy(ours(path, "colqwen3_5", queries=QUERIES[:1])[0][0])[None]
+    vectors = {}
+    for contract in ("causal", "bidirectional"):
+        model = load_colqwen3_5(path, overrides={"retrieval_attention_contract": contract}, dtype=torch.float32,
+                                attn_implementation="eager")
+        with torch.no_grad():
+            vectors[contract] = model(ids, torch.ones_like(ids))[0]
+    torch.testing.assert_close(vectors["causal"], theirs, atol=ATOL, rtol=0)
+    assert (vectors["bidirectional"] - theirs).abs().max() > 1e-3
