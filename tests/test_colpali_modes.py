@@ -39,6 +39,7 @@ from tokenizers import Tokenizer
 import tiny_colqwen
 import tiny_colqwen35
 from python_backend_models import colpali_modes as CM
+from python_backend_models import scoring
 from python_backend_models.errors import InputError
 from python_backend_models.multimodal import MultimodalPreprocessor, QwenVLLayout
 
@@ -266,11 +267,15 @@ def _our_model(family: str, path: Path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_query_and_image_document_vectors_equal_colpali_engines_model(checkpoints, colpali_models, family):
-    """Left-padded colpali batches through colpali-engine's forward == our prompts one by one through ours."""
+def test_query_and_image_document_vectors_equal_colpali_engines_model(checkpoints, colpali_models, family,
+                                                                     monkeypatch):
+    """Left-padded colpali batches through colpali-engine's forward == our prompts one by one through ours; and
+    its scores as _check_scores says."""
+    monkeypatch.setenv("COLPALI_SCORES_BACKEND", "torch")  # "auto" would import the LIK backend (package __init__)
     path = checkpoints[family]
     theirs_model = _colpali_model(colpali_models, family, path)
     mine_model = _our_model(family, path)
+    vectors = {}
     for side, items in (("queries", QUERIES), ("images", IMAGES)):
         batch = colpali_process(path, family, **{side: items})
         theirs_model.rope_deltas = None
@@ -287,6 +292,23 @@ def test_query_and_image_document_vectors_equal_colpali_engines_model(checkpoint
             keep = batch["attention_mask"][i].bool()
             assert not theirs[i][~keep].any()  # colpali's pads: exact zero vectors
             torch.testing.assert_close(mine, theirs[i][keep], atol=ATOL, rtol=0)
+            vectors.setdefault(side, []).append((mine.numpy(), theirs[i]))
+    _check_scores(vectors["queries"], vectors["images"])
+
+
+def _check_scores(queries, documents):
+    """colpali-engine's score_multi_vector (its torch MaxSim, ``utils/maxsim.py``, on the zero-padded batch) vs
+    trilate's MaxSim on the unpadded vectors: equal, except that a document shorter than the longest in the batch
+    has zero pad rows that clamp each query token's best at 0."""
+    maxsim = _load_colpali_module("utils/maxsim.py").maxsim_inbatch
+    pad = torch.nn.utils.rnn.pad_sequence
+    theirs = maxsim(pad([q for _, q in queries], batch_first=True), pad([d for _, d in documents], batch_first=True))
+    longest = max(len(d) for d, _ in documents)
+    for i, (q, _) in enumerate(queries):
+        for j, (d, _) in enumerate(documents):
+            best = (q @ d.T).max(axis=1)
+            want = scoring.maxsim(q, d) if len(d) == longest else float(np.maximum(best, 0).sum())
+            assert abs(float(theirs[i, j]) - want) < 1e-4, (i, j, float(theirs[i, j]), want)
 
 
 def test_document_prompt_refuses_what_colpali_engine_has_no_convention_for():
