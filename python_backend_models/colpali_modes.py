@@ -35,8 +35,8 @@ Scores (``processing_utils.py`` ``score_multi_vector`` -> ``utils/maxsim.py`` ``
 ``einsum("bnd,csd->bcns").amax(-1).sum(-1)``, a *sum* over every query token of its best document token.  The
 vectors are zero-padded per batch of 128 documents and the pads are not masked, so a document shorter than the
 longest in its batch gets zero-similarity candidates: each query token's best is clamped at >= 0 for it.  MaxSim
-over the unpadded tokens (trilate's) equals colpali-engine's whenever no query token's best similarity is
-negative, which is the case for every document that is longest in its batch.
+over the unpadded tokens (``scoring.maxsim``) equals colpali-engine's for the longest document of each batch, and
+for the others whenever no query token's best similarity is negative.
 
 Not covered (refused by :func:`document_prompt`, since colpali-engine has no convention for them): an image
 document with text parts, a document with more than one image, a query with an image.
