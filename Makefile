@@ -8,12 +8,16 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-nodeps.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip==24.3.1"
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@# requirements-nodeps.lock declares dependencies that must stay out (see the file), which pip check would
+	@# flag: check without them (a rebuilt venv may hold them), then add them with --no-deps.
+	$(BIN)/python -m pip uninstall --quiet --yes -r requirements-nodeps.lock 2>/dev/null || true
 	$(BIN)/python -m pip check
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.lock
 	@touch $(STAMP)
 
 # Serve the default model (sentence-transformers/all-MiniLM-L6-v2) until Ctrl-C.
@@ -66,7 +70,8 @@ vl-memory: $(STAMP)
 
 lock: $(STAMP)
 	{ echo "# Every package the project's environment holds, pinned. Regenerate with: make lock"; \
-	  $(BIN)/python -m pip freeze --all --exclude-editable | grep -v "^pip==" | sed 's/^torch==\(.*\)+cpu/torch==\1/'; } > requirements.lock
+	  $(BIN)/python -m pip freeze --all --exclude-editable | grep -v "^pip==" | grep -v -x -F -f requirements-nodeps.lock \
+	    | sed 's/^torch==\(.*\)+cpu/torch==\1/'; } > requirements.lock
 
 clean:
 	rm -rf $(VENV) .trilate build *.egg-info
