@@ -182,8 +182,10 @@ class MultimodalPreprocessor:
     """Rows (text or JSON prompts) + their encoded images -> ``MultimodalEncoded``.  Not thread-safe."""
 
     def __init__(self, path: Path, max_model_len: int, layout: ImageLayout, *, chat_template: ChatTemplate | None,
-                 limits: MediaLimits = MediaLimits(), placeholder_separator: str = ""):
+                 limits: MediaLimits = MediaLimits(), placeholder_separator: str = "",
+                 colpali_family: str | None = None):
         self.text = TextPreprocessor(path, max_model_len)
+        self.colpali_family = colpali_family  # a family with colpali-engine conventions (embedding_mode)
         self.tokenizer = self.text.tokenizer
         self.layout = layout
         self.chat_template = chat_template
@@ -196,8 +198,12 @@ class MultimodalPreprocessor:
                                   f"{self.tokenizer.token_to_id(layout.pad)}, config.json says {layout.image_token_id}")
 
     # -- prompts -------------------------------------------------------------------------------------
-    def render(self, prompt: Prompt, row: int, chat_template_kwargs: Mapping[str, Any] | None = None) -> tuple[str, int]:
-        """(prompt text with one placeholder per image, number of images)."""
+    def render(self, prompt: Prompt, row: int, chat_template_kwargs: Mapping[str, Any] | None = None,
+               mode: str | None = None) -> tuple[str, int]:
+        """(prompt text with one placeholder per image, number of images).  ``mode`` ("query" | "document"):
+        colpali-engine's conventions (``colpali_modes``) instead of vLLM's layout, where the family has them."""
+        if mode is not None:
+            return self._colpali(prompt, row, mode)
         if prompt.kind == "text":
             return prompt.value, 0
         if prompt.kind == "content":
@@ -213,6 +219,23 @@ class MultimodalPreprocessor:
         text = self.chat_template.render(messages, bos_token=self.bos_token, eos_token=self.eos_token,
                                          add_generation_prompt=False, **dict(chat_template_kwargs or {}))
         return text, n
+
+    def _colpali(self, prompt: Prompt, row: int, mode: str) -> tuple[str, int]:
+        from . import colpali_modes
+
+        if self.colpali_family is None:
+            raise InputError("embedding_mode is not available for this model: its queries and documents are "
+                             "encoded alike")
+        if mode not in ("query", "document"):
+            raise InputError(f"embedding_mode must be one of ['query', 'document'], got {mode!r}")
+        if prompt.kind == "messages":
+            raise InputError(f"input {row}: embedding_mode takes texts and content lists, not messages")
+        texts, n = ([prompt.value], 0) if prompt.kind == "text" else _content_parts(prompt.value, f"input {row}: content")
+        if mode == "query":
+            if n:
+                raise InputError(f"input {row}: a query (embedding_mode 'query') is text; it holds {n} image(s)")
+            return colpali_modes.query_prompt("\n".join(texts), self.colpali_family), 0
+        return colpali_modes.document_prompt(texts, n, self.colpali_family), n
 
     def render_pair(self, query: Prompt, document: Prompt, row: int, query_images: int) -> tuple[str, int]:
         """A cross-encoder's pair prompt: the template over ``[{"role": "query"}, {"role": "document"}]``."""
@@ -253,11 +276,12 @@ class MultimodalPreprocessor:
     def encode(self, rows: Sequence[str], images: Sequence[Sequence[bytes]], *, prompt_format: str | None = None,
                truncate_prompt_tokens: int | None = None, truncation_side: str = "right",
                add_special_tokens: bool = True, purpose: str = "embedding",
-               chat_template_kwargs: Mapping[str, Any] | None = None) -> MultimodalEncoded:
-        """``images[i]``: row i's encoded image files, in placeholder order (empty elements are padding)."""
+               chat_template_kwargs: Mapping[str, Any] | None = None, mode: str | None = None) -> MultimodalEncoded:
+        """``images[i]``: row i's encoded image files, in placeholder order (empty elements are padding);
+        ``mode``: ``embedding_mode`` (colpali-engine's query / document conventions)."""
         texts, files = [], []
         for i, raw in enumerate(rows):
-            text, n = self.render(parse_prompt(raw, prompt_format, i), i, chat_template_kwargs)
+            text, n = self.render(parse_prompt(raw, prompt_format, i), i, chat_template_kwargs, mode)
             texts.append(text)
             files.append(_files(images, i))
             if len(files[-1]) != n:

@@ -71,7 +71,8 @@ def describe_spec(spec: ServeSpec) -> ModelInfo:
         info = replace(info, chat_template=_checked_template(spec, info))
     if spec.colbert_score_modes and not info.embedding_modes:
         raise CheckpointError(
-            f"{spec.name}: ColBERT query/document scoring needs a ColBERT checkpoint with PyLate or Stanford conventions"
+            f"{spec.name}: query/document scoring needs a ColBERT checkpoint with PyLate or Stanford conventions, or a "
+            "ColQwen checkpoint (colpali-engine's conventions)"
         )
     return info
 
@@ -114,8 +115,8 @@ def model_configs(spec: ServeSpec, info: ModelInfo, options: BuildOptions):
     if spec.colbert_score_modes:
         query_pre, document_pre = C.stage_name(name, "preprocess_query"), C.stage_name(name, "preprocess_document")
         for stage, mode in ((query_pre, "query"), (document_pre, "document")):
-            configs.append((stage_config(stage, C.PREPROCESS, max_batch_size=MAX_BATCH_SIZE, max_queue_delay_us=delay,
-                                         parameters={"model_card": card, "embedding_mode": mode}), C.PREPROCESS.adapter))
+            configs.append((stage_config(stage, pre_spec, max_batch_size=MAX_BATCH_SIZE, max_queue_delay_us=delay,
+                                         parameters={"model_card": card, "embedding_mode": mode}), pre_spec.adapter))
     configs.append((token_embed_ensemble(name, info, MAX_BATCH_SIZE), None))
     configs.append((score_ensemble(name, info, query_pre, document_pre), None))
     return configs

@@ -246,3 +246,23 @@ def test_nemotron_embed_scores_texts_by_cosine_of_reference_embeddings(client, n
     got = client.score(NEMOTRON_EMBED, q, docs)
     assert [d.score for d in got.data] == pytest.approx([float(v[0] @ v[1]), float(v[0] @ v[2])],
                                                         rel=SCORE_RTOL, abs=SCORE_ATOL)
+
+
+# -- beyond vLLM: colpali-engine's query / document conventions (embedding_mode) ---------------------------------
+# The prompts as colpali-engine 0.3.18's ColQwen3 processor writes them (test_colpali_modes.py checks our module
+# against its source); the vectors from transformers, as above.
+
+
+def test_colqwen_embedding_modes_are_colpali_engines_prompts(client, colqwen3_tomoro):
+    query = client.pooling(COLQWEN3, "where is the chart", embedding_mode="query").data[0].data
+    want = references.colqwen_token_embeddings(colqwen3_tomoro, "where is the chart" + "<|endoftext|>" * 10)
+    np.testing.assert_allclose(query, want, atol=VECTOR_ATOL)
+    page_doc = {"content": [{"type": "image_url", "image_url": {"url": data_url(PAGES[1])}}]}
+    doc = client.pooling(COLQWEN3, page_doc, embedding_mode="document").data[0].data
+    prompt = f"<|im_start|>user\n{ONE_IMAGE}Describe the image.<|im_end|><|endoftext|>"
+    np.testing.assert_allclose(doc, references.colqwen_token_embeddings(colqwen3_tomoro, prompt, [PAGES[1]]),
+                               atol=VECTOR_ATOL)
+    with pytest.raises(InvalidInputError, match="a query .* is text"):
+        client.pooling(COLQWEN3, page_doc, embedding_mode="query")
+    with pytest.raises(InvalidInputError, match="embedding_mode"):
+        client.pooling(NEMOTRON_EMBED, "x", embedding_mode="query")

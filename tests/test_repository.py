@@ -265,3 +265,18 @@ def test_a_chat_template_that_does_not_compile_or_render_stops_the_build_naming_
     refuses.write_text("{{ raise_exception('this template only takes role user') }}")
     with pytest.raises(CheckpointError, match="refuses.jinja: this template only takes role user"):
         build_repository([ServeSpec(model=str(nemotron_rerank), chat_template=str(refuses))], tmp_path / "r2")
+
+
+def test_colqwen_score_modes_get_image_capable_query_and_document_stages(tmp_path, colqwen3_tomoro):
+    from python_backend_models import contract as C
+    from python_backend_models.config import parse_pbtxt
+    from python_backend_models.repository import ServeSpec, build_repository
+
+    build_repository([ServeSpec(model=str(colqwen3_tomoro), served_name="cq", colbert_score_modes=True)],
+                     tmp_path / "repo")
+    for mode in ("query", "document"):
+        config = parse_pbtxt((tmp_path / "repo" / f"cq__preprocess_{mode}" / "config.pbtxt").read_text())
+        assert C.IMAGES in [i.name for i in config.input] and config.parameters["embedding_mode"].string_value == mode
+    score = parse_pbtxt((tmp_path / "repo" / "cq__score" / "config.pbtxt").read_text())
+    steps = [s.model_name for s in score.ensemble_scheduling.step]
+    assert steps[0] == "cq__preprocess_query" and "cq__preprocess_document" in steps

@@ -60,6 +60,7 @@ class VisionFamily(Family):
             hf_overrides=dict(hf_overrides or {}),
             multimodal=True,
             family_config=card,
+            embedding_modes=self.colpali,
         )
 
     def layout(self, info: ModelInfo):
@@ -69,12 +70,15 @@ class VisionFamily(Family):
         """A template trilate ships for the family (used unless --chat-template names another)."""
         return None
 
+    colpali = False  # colpali-engine's query / document conventions exist for it (embedding_mode)
+
     def preprocessor(self, info: ModelInfo):
         from ..multimodal import MultimodalPreprocessor, chat_template_for
 
         path = Path(info.path)
         template = chat_template_for(path, info.chat_template, self.default_chat_template())
-        return MultimodalPreprocessor(path, info.max_model_len, self.layout(info), chat_template=template)
+        return MultimodalPreprocessor(path, info.max_model_len, self.layout(info), chat_template=template,
+                                      colpali_family=self.name if self.colpali else None)
 
 
 class ColQwen3Family(VisionFamily):
@@ -84,6 +88,7 @@ class ColQwen3Family(VisionFamily):
     name = "colqwen3"
     score_type = LATE_INTERACTION
     tasks = ("token_embed",)
+    colpali = True
 
     def __init__(self, vendor_model_type: str):
         # Every vendor's model_type, and plain qwen3_vl, reads as a Qwen3VLConfig for each of the three names.

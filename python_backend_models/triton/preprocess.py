@@ -74,9 +74,6 @@ class PreprocessModel(StageModel):
 
         from ..multimodal import to_bytes_rows
 
-        if self.fixed_mode or params.get(C.PARAM_EMBEDDING_MODE):
-            raise InputError(f"embedding_mode is not available for {self.info.served_name}: its queries and "
-                             "documents are encoded alike")
         kwargs = params.get(C.PARAM_CHAT_TEMPLATE_KWARGS) or {}
         if isinstance(kwargs, str):
             try:
@@ -91,6 +88,7 @@ class PreprocessModel(StageModel):
             truncation_side=params.get(C.PARAM_TRUNCATION_SIDE) or "right",
             add_special_tokens=bool_param(params, C.PARAM_ADD_SPECIAL_TOKENS, True),
             purpose=params.get(C.PARAM_PURPOSE, "embedding"), chat_template_kwargs=kwargs,
+            mode=self.fixed_mode or params.get(C.PARAM_EMBEDDING_MODE) or None,
         )
         outputs = self._outputs(request, done.encoded, len(texts))
         outputs += [pb_utils.Tensor(C.PIXEL_VALUES, to_bytes_rows(done.pixel_values)),
