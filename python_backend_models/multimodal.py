@@ -294,6 +294,10 @@ class MultimodalPreprocessor:
         """Rendered prompts (one placeholder per image) + their image files -> ids and pixels."""
         processed = []
         for i, (text, row_files) in enumerate(zip(texts, files)):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a JSON row may spell a lone surrogate ("\ud800"): no tokenizer takes it
+                raise InputError(f"input {i} holds a lone surrogate (not valid Unicode text)") from None
             done = [self.layout.process(decode_image(data, self.limits)) for data in row_files]
             texts[i] = self.layout.expand(text, done) if done else text
             processed.append(done)

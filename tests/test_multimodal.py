@@ -266,3 +266,16 @@ def test_colqwen_embedding_modes_are_colpali_engines_prompts(client, colqwen3_to
         client.pooling(COLQWEN3, page_doc, embedding_mode="query")
     with pytest.raises(InvalidInputError, match="embedding_mode"):
         client.pooling(NEMOTRON_EMBED, "x", embedding_mode="query")
+
+
+def test_json_rows_with_a_lone_surrogate_are_refused_by_the_stage_itself(triton_server):
+    import tritonclient.http as httpclient
+
+    c = httpclient.InferenceServerClient(triton_server.http_url)
+    text = httpclient.InferInput("text", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[b'{"text": "bad \\ud800 text"}']], dtype=object))
+    with pytest.raises(Exception, match="lone surrogate"):
+        c.infer("tiny--colqwen3.5", [text], parameters={"prompt_format": "json"})
+    ok = httpclient.InferInput("text", [1, 1], "BYTES")
+    ok.set_data_from_numpy(np.array([[b'{"text": "fine"}']], dtype=object))
+    assert c.infer("tiny--colqwen3.5", [ok], parameters={"prompt_format": "json"}).as_numpy("num_tokens")[0, 0] > 0
