@@ -233,3 +233,28 @@ def check_nemotron(got: dict, path: Path, route: str, body: dict) -> None:
 
 def torch_sigmoid(logits) -> list[float]:
     return [float(1 / (1 + np.exp(-float(x)))) for x in logits]
+
+
+def test_nemotron_pooling_and_tokenize_over_rest(vl_server, nemotron_embed):
+    """The routes the seed does not spell out for Nemotron VL: /pooling with messages (task embed, and the
+    SEED default token_embed: per-token vectors), /tokenize."""
+    import httpx
+
+    ref = references.NemotronReference(nemotron_embed)
+    message = {"role": "document", "content": [{"type": "image_url",
+                                                "image_url": {"url": "data:image/png;base64," + b64(PAGES["<BASE64>"])}},
+                                               {"type": "text", "text": "A page."}]}
+    prompt = "<|begin_of_text|>passage: <image> A page."
+    ids, mask, pixels = references.nemotron_inputs(nemotron_embed, [prompt], [[PAGES["<BASE64>"]]],
+                                                   add_special_tokens=False)
+    pooled = ref.pooled(ids, mask, pixels)[0]
+    tokens = ref.hidden(ids, mask, pixels)[0]
+    with httpx.Client(base_url=vl_server.rest_url, timeout=120) as http:
+        embed = http.post("/pooling", json={"model": NEMOTRON_EMBED, "messages": [message], "task": "embed"}).json()
+        np.testing.assert_allclose(embed["data"][0]["data"], (pooled / pooled.norm()).numpy(), atol=VECTOR_ATOL)
+        per_token = http.post("/pooling", json={"model": NEMOTRON_EMBED, "messages": [message]}).json()
+        data = np.asarray(per_token["data"][0]["data"], dtype=np.float32)
+        np.testing.assert_allclose(data, (tokens / tokens.norm(dim=-1, keepdim=True)).numpy(), atol=VECTOR_ATOL)
+        assert per_token["usage"]["prompt_tokens"] == int(mask.sum())
+        tok = http.post("/tokenize", json={"model": NEMOTRON_EMBED, "prompt": "query: hello"}).json()
+        assert tok["count"] == len(tok["tokens"]) and tok["tokens"][0] == int(ids[0, 0])  # BOS first
