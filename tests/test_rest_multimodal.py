@@ -204,8 +204,8 @@ BAD = "data:image/png;base64,not*base64"
      "documents[1].content[0] has the unsupported content type 'video_url'", "documents"),
     ("/pooling", {"model": COLQWEN, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {
         "url": "file:///etc/hostname"}}]}]}, "messages[0].content[0]: file: image URLs are not allowed", "messages"),
-    ("/v1/embeddings", {"model": NEMOTRON_EMBED, "messages": [{"role": "user", "content": "x"}],
-                        "chat_template_kwargs": {"x": 1}}, "chat_template_kwargs is not supported", "chat_template_kwargs"),
+    ("/v1/embeddings", {"model": NEMOTRON_EMBED, "input": "x", "chat_template_kwargs": {"x": 1}},
+     "chat_template_kwargs goes with `messages`", "chat_template_kwargs"),
     ("/v2/embed", {"model": NEMOTRON_EMBED, "images": [BAD]}, "images[0].messages[0].content[0]", "images"),
     ("/v2/embed", {"model": NEMOTRON_EMBED, "images": [data_url(IMAGES[0])], "texts": ["t"]},
      "give one of texts, images or inputs", "images"),
@@ -290,3 +290,12 @@ def test_chat_template_goes_to_the_repository_builder_per_model(tmp_path):
     assert (a.chat_template, b.chat_template) == (None, str(template.resolve()))  # '' keeps a model's default
     (plain,) = _specs(_serve_args(str(tmp_path), "--trust-remote-code"))
     assert plain.chat_template is None
+
+
+def test_chat_template_kwargs_reach_the_template_as_a_json_request_parameter(app):
+    app.client.calls.clear()
+    body = {"model": NEMOTRON_EMBED, "messages": [{"role": "query", "content": "x"}],
+            "chat_template_kwargs": {"enable_thinking": False, "name": "a"}}
+    assert app.post("/v1/embeddings", body).status_code == 200
+    (call,) = app.client.calls
+    assert json.loads(call["params"]["chat_template_kwargs"]) == {"enable_thinking": False, "name": "a"}

@@ -382,6 +382,7 @@ class TrilateClient:
         add_special_tokens: bool | None = None,
         dimensions: int | None = None,
         field: str = "input",
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> PoolingResult:
         """vLLM's ``/pooling``: ``token_embed`` (per-token vectors) or ``embed`` (one vector per input).
 
@@ -391,7 +392,8 @@ class TrilateClient:
         ``embedding_mode`` ("query" | "document") applies the checkpoint's ColBERT conventions
         (PyLate's); without it every token comes back, as in vLLM.  ``dimensions`` picks a smaller
         output size on models trained for it (matryoshka, e.g. jina-colbert-v2: 128, 96, 64).
-        ``field``: the name of ``input`` in error messages (a REST request's own).
+        ``field``: the name of ``input`` in error messages (a REST request's own).  ``chat_template_kwargs``: extra
+        variables for the chat template of ``messages`` (vLLM's field).
         """
         card = self.model(model)
         refuse_cross_encoder(card, "pooling")
@@ -400,7 +402,8 @@ class TrilateClient:
             raise UnsupportedTaskError(f"Unsupported task: {task!r} Supported tasks: {list(card.tasks)}", param="task")
         if embedding_mode is not None and not card.embedding_modes:
             raise InvalidInputError(f"embedding_mode is only available for ColBERT checkpoints with PyLate or "
-                                    f"Stanford conventions; {card.served_name} has none", param="embedding_mode")
+                                    f"Stanford conventions and for ColQwen models; {card.served_name} has none",
+                                    param="embedding_mode")
         if (input is None) == (messages is None):
             raise InvalidInputError("give `input` (prompts) or `messages` (one chat conversation), not both",
                                     param="input")
@@ -420,9 +423,12 @@ class TrilateClient:
                                         "differ)", param=field)
             if add_special_tokens is None:
                 add_special_tokens = False  # vLLM's chat form: the template writes the special tokens
+        elif chat_template_kwargs:
+            raise InvalidInputError("chat_template_kwargs goes with `messages`", param="chat_template_kwargs")
         params = {C.PARAM_EMBEDDING_MODE: embedding_mode, C.PARAM_TRUNCATE_PROMPT_TOKENS: truncate_prompt_tokens,
                   C.PARAM_TRUNCATION_SIDE: truncation_side, C.PARAM_USE_ACTIVATION: use_activation,
-                  C.PARAM_ADD_SPECIAL_TOKENS: add_special_tokens, C.PARAM_DIMENSIONS: dimensions}
+                  C.PARAM_ADD_SPECIAL_TOKENS: add_special_tokens, C.PARAM_DIMENSIONS: dimensions,
+                  C.PARAM_CHAT_TEMPLATE_KWARGS: json.dumps(dict(chat_template_kwargs)) if chat_template_kwargs else None}
         items: list[PoolingItem] = []
         prompt = 0
         outs = {
@@ -482,6 +488,7 @@ class TrilateClient:
         use_activation: bool | None = None,
         add_special_tokens: bool | None = None,
         dimensions: int | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> EmbeddingResult:
         """vLLM's ``/v1/embeddings``: one pooled, L2-normalised vector per input (bi-encoders only); ``input`` and
         ``messages`` as for :meth:`pooling`."""
@@ -494,7 +501,7 @@ class TrilateClient:
         result = self.pooling(card.served_name, input, messages=messages, task="embed",
                               truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side,
                               use_activation=use_activation, add_special_tokens=add_special_tokens,
-                              dimensions=dimensions)
+                              dimensions=dimensions, chat_template_kwargs=chat_template_kwargs)
         return EmbeddingResult(model=result.model, data=[EmbeddingItem(i.index, i.data) for i in result.data],
                                usage=result.usage)
 

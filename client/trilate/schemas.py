@@ -181,7 +181,8 @@ class PoolingRequest(_Common, _Encoding):
     messages: list[dict[str, Any]] | None = Field(
         default=None, description="one chat conversation, one output (image models): roles free-form (query, "
                                   "document, user ...), content a string or text / image_url parts")
-    chat_template_kwargs: dict[str, Any] | None = Field(default=None, description="not supported yet (400 when set)")
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None, description="extra variables for the chat template (with `messages`)")
     task: PoolingTask | None = None
     embedding_mode: Literal["query", "document"] | None = Field(
         default=None, description="ColBERT checkpoints with PyLate or Stanford conventions (trilate extension): "
@@ -242,7 +243,8 @@ class EmbeddingRequest(_Common, _Encoding):
     messages: list[dict[str, Any]] | None = Field(
         default=None, description="one chat conversation, one embedding (image models): roles free-form (query, "
                                   "document, user ...), content a string or text / image_url parts")
-    chat_template_kwargs: dict[str, Any] | None = Field(default=None, description="not supported yet (400 when set)")
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None, description="extra variables for the chat template (with `messages`)")
     dimensions: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = None
     add_special_tokens: bool | None = None
 

@@ -84,13 +84,6 @@ class Service:
             raise RouteNotFound
 
     @staticmethod
-    def _chat_options(req) -> None:
-        kwargs = getattr(req, "chat_template_kwargs", None)
-        if kwargs:
-            raise APIError("chat_template_kwargs is not supported by trilate yet: the server renders each model's "
-                           "chat template with its defaults; leave the field out", param="chat_template_kwargs")
-
-    @staticmethod
     def _no_chat(card: ModelCard, param: str = "messages") -> None:
         raise APIError(f"chat-style `messages` are not supported for {card.served_name} ({card.architecture}): it "
                        f"has no chat template; send text with `input` / `prompt`", param=param)
@@ -160,7 +153,6 @@ class Service:
         if req.input is None:
             if not card.multimodal:
                 self._no_chat(card)
-            self._chat_options(req)
         else:
             self._items(len(_as_list(req.input)), "input")
         mode = req.embedding_mode if isinstance(req, S.PoolingRequest) else None
@@ -169,7 +161,8 @@ class Service:
             card.served_name, req.input, messages=req.messages if req.input is None else None, task=task,
             embedding_mode=mode, truncate_prompt_tokens=req.truncate_prompt_tokens,
             truncation_side=req.truncation_side, use_activation=req.use_activation,
-            add_special_tokens=req.add_special_tokens, dimensions=req.dimensions)
+            add_special_tokens=req.add_special_tokens, dimensions=req.dimensions,
+            chat_template_kwargs=req.chat_template_kwargs)
         self.metrics.add_tokens(route, result.model, result.usage.prompt_tokens)
         if req.encoding_format in ("bytes", "bytes_only"):
             return self._bytes_reply(rid, result.model, [item.data for item in result.data],
