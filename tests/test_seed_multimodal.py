@@ -258,3 +258,41 @@ def test_nemotron_pooling_and_tokenize_over_rest(vl_server, nemotron_embed):
         assert per_token["usage"]["prompt_tokens"] == int(mask.sum())
         tok = http.post("/tokenize", json={"model": NEMOTRON_EMBED, "prompt": "query: hello"}).json()
         assert tok["count"] == len(tok["tokens"]) and tok["tokens"][0] == int(ids[0, 0])  # BOS first
+
+
+def _png_url(size, mode="RGB") -> str:
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _odd_bodies() -> list[tuple[str, dict]]:
+    """Odd images and prompts for every image model (a one-pixel image, extreme aspect ratios, alpha, 16-bit grey,
+    empty data, two images where the template takes one, placeholders spelt in text, ...)."""
+    def image(url):
+        return {"type": "image_url", "image_url": {"url": url}}
+
+    urls = [_png_url((1, 1)), _png_url((1, 3000)), _png_url((300, 300), "RGBA"), _png_url((8, 8), "I;16"),
+            "data:image/png;base64,", "data:,"]
+    out = []
+    for model in SERVED:
+        for url in urls:
+            out += [("/score", {"model": model, "data_1": "q", "data_2": [{"content": [image(url), image(url)]}]}),
+                    ("/pooling", {"model": model, "messages": [{"role": "document", "content": [image(url)]}]})]
+        out += [("/score", {"model": model, "text_1": ONE_IMAGE, "text_2": ["<image>", "<IMG_CONTEXT>"]}),
+                ("/pooling", {"model": model, "messages": [{"role": "user", "content": None}]}),
+                ("/pooling", {"model": model, "messages": [{"role": 3, "content": "x"}]}),
+                ("/rerank", {"model": model, "query": {"content": [image(_png_url((30, 30)))]}, "documents": ["d"]}),
+                ("/pooling", {"model": model, "messages": [{"role": "user", "content": [
+                    image(_png_url((64, 64))), {"type": "text", "text": "x"}]}], "truncate_prompt_tokens": 3})]
+    return out
+
+
+def test_odd_image_requests_never_get_a_5xx_and_the_server_keeps_serving(vl_server):
+    import httpx
+
+    with httpx.Client(base_url=vl_server.rest_url, timeout=300) as http:
+        for route, body in _odd_bodies():
+            resp = http.post(route, json=body)
+            assert resp.status_code < 500, (route, json.dumps(body)[:300], resp.text[:300])
+        assert http.post("/score", json={"model": TOMORO, "data_1": "q", "data_2": ["d"]}).status_code == 200
