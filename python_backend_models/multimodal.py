@@ -230,7 +230,10 @@ class MultimodalPreprocessor:
             raise InputError(f"embedding_mode must be one of ['query', 'document'], got {mode!r}")
         if prompt.kind == "messages":
             raise InputError(f"input {row}: embedding_mode takes texts and content lists, not messages")
-        texts, n = ([prompt.value], 0) if prompt.kind == "text" else _content_parts(prompt.value, f"input {row}: content")
+        if prompt.kind == "text":
+            texts, n = [prompt.value], 0
+        else:
+            texts, n = _content_parts(prompt.value, f"input {row}: content")
         if mode == "query":
             if n:
                 raise InputError(f"input {row}: a query (embedding_mode 'query') is text; it holds {n} image(s)")

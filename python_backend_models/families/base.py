@@ -210,6 +210,15 @@ class Encoder:
             if n > self.info.max_model_len:
                 raise InputError(f"an input has {n} tokens; this model's maximum context length is {self.info.max_model_len}")
 
+    def warm_up(self) -> None:
+        """One forward pass of a one-token text, so the weights are in memory (a bf16 checkpoint's tensors are
+        mapped from its files and read on first use) before the stage says READY, not during the first request."""
+        token = self.info.bos_token_id if isinstance(self.info.bos_token_id, int) else 0
+        item = {"input_ids": np.array([min(max(token, 0), self.vocab_size - 1)], dtype=np.int64),
+                "attention_mask": np.ones(1, dtype=np.int64), "output_mask": np.ones(1, dtype=bool)}
+        cross = self.info.cross_encoder
+        self.encode([item], want_tokens=not cross, want_pooled=self.info.pooled or cross, want_sparse=self.info.sparse)
+
     def forward_pack(self, ids: torch.Tensor, attention: torch.Tensor, rows: Sequence[Features]) -> torch.Tensor:
         """One pack's last hidden states (rows, width, H) fp32; ``rows`` are the pack's items in row order (the
         image families read their pixel features from them)."""

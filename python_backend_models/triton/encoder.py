@@ -63,6 +63,9 @@ class EncoderModel(StageModel):
         for name in ("max_rows", "pass_cost_tokens"):
             if self.params.get(name):
                 setattr(self.encoder, name, int(self.params[name]))
+        started = time.monotonic()
+        self.encoder.warm_up()
+        self.log.log_info(f"{self.model_name}: warm-up forward pass in {time.monotonic() - started:.1f} s")
 
     def _wanted(self, request, params) -> Wanted:
         """The heads one request needs."""
