@@ -73,9 +73,7 @@ class ModelInfo:
         return self.pooled_dim is not None
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["cross_encoder"] = self.cross_encoder  # for clients; derived again on reading
-        return json.dumps(data, sort_keys=True)
+        return json.dumps(asdict(self), sort_keys=True)
 
     def resolved(self, repository_root: str | Path) -> "ModelInfo":
         """This card with a relative checkpoint ``path`` (as a built repository stores it) made absolute
@@ -89,7 +87,6 @@ class ModelInfo:
     def from_json(cls, text: str) -> "ModelInfo":
         data = json.loads(text)
         data.pop("pooled", None)  # cards written before it became derived
-        data.pop("cross_encoder", None)
         data["tasks"] = tuple(data["tasks"])
         data["matryoshka_dimensions"] = tuple(data.get("matryoshka_dimensions", ()))
         data["projection"] = tuple(DenseLayer(**layer) for layer in data["projection"])

@@ -208,6 +208,25 @@ def _parts(content: Any, where: str) -> list[Mapping[str, Any]]:
 IMAGE_PART_TYPES = ("image", "image_url", "image_pil", "image_embeds")
 
 
+def content_parts(content: Any, where: str) -> tuple[list[str], int]:
+    """A message's (or a score item's) content -> (its text parts, its number of images); anything else is an
+    ``InputError`` naming the part."""
+    return _split(_parts(content, where), where)
+
+
+def string_content(content: Any, where: str, *, image_placeholder: str,
+                   placeholder_separator: str = "\n") -> tuple[str, int]:
+    """Content as one string, the ``"string"`` shape of :func:`template_messages` (and vLLM's /score item
+    prompt): the text parts joined with ``"\n"``, one ``image_placeholder`` per image in front; and the images."""
+    texts, images = content_parts(content, where)
+    return _as_string(texts, images, image_placeholder, placeholder_separator), images
+
+
+def _as_string(texts: list[str], images: int, image_placeholder: str, placeholder_separator: str) -> str:
+    text = "\n".join(texts)
+    return placeholder_separator.join([image_placeholder] * images + [text]) if images else text
+
+
 def _split(parts: Iterable[Mapping[str, Any]], where: str) -> tuple[list[str], int]:
     texts, images = [], 0
     for i, part in enumerate(parts):
@@ -253,7 +272,6 @@ def template_messages(
                 {"type": "text", "text": p["text"]} if p["type"] == "text" else {"type": "image"} for p in parts
             ]
         else:
-            text = "\n".join(texts)
-            content = placeholder_separator.join([image_placeholder] * images + [text]) if images else text
+            content = _as_string(texts, images, image_placeholder, placeholder_separator)
         out.append({**{k: v for k, v in message.items() if k != "content"}, "content": content})
     return out, total

@@ -24,15 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CheckpointError, read_json, weight_shapes
-from .checkpoint import weight_files as _weight_files
+from .colqwen_card import DIM_FIELDS, PROJECTION_NAMES, projection_tensors
 
 ARCHITECTURE = "ColQwen3_5"
 MODEL_TYPES = ("qwen3_5",)
 CONTRACT_FIELD = "retrieval_attention_contract"
 CONTRACTS = ("bidirectional", "causal")
-DIM_FIELDS = ("embed_dim", "dims", "dim", "projection_dim", "colbert_dim")
 DEFAULT_DIM = 128
-PROJECTION_NAMES = ("custom_text_proj", "embedding_proj_layer")
 # Where the backbone's tensors live: bare (colpali-engine's ColQwen3_5 state dict) or under "model."
 # (transformers' Qwen3_5ForConditionalGeneration layout).
 KEY_PREFIXES = ("", "model.")
@@ -95,35 +93,17 @@ def projection_dim(config: dict[str, Any]) -> tuple[int, str | None]:
     return DEFAULT_DIM, None
 
 
-def weight_files(path: str | Path) -> list[Path]:
-    """The checkpoint's safetensors files (``checkpoint.weight_files``)."""
-    return _weight_files(Path(path))
-
-
-def tensor_shapes(path: str | Path) -> dict[str, list[int]]:
-    """Tensor name -> shape over all weight files, from the headers alone."""
-    return weight_shapes(Path(path))
-
-
 def is_projection_key(key: str) -> bool:
     return any(name in key for name in PROJECTION_NAMES)
 
 
 def projection_keys(shapes: dict[str, list[int]], where: str = "the checkpoint") -> tuple[str, str | None]:
-    """(weight key, bias key or None) of the projection."""
-    found = sorted(k for k in shapes if is_projection_key(k))
-    weights = [k for k in found if k.endswith(".weight")]
-    if len(weights) != 1:
-        raise CheckpointError(
-            f"{where} needs exactly one projection weight (a tensor named *custom_text_proj.weight or "
-            f"*embedding_proj_layer.weight), found {weights or 'none'}"
-        )
-    weight = weights[0]
-    bias = weight[: -len("weight")] + "bias"
-    others = [k for k in found if k not in (weight, bias)]
-    if others:
-        raise CheckpointError(f"{where}: projection tensors other than weight and bias: {others}")
-    return weight, bias if bias in shapes else None
+    """(weight key, bias key or None) of the projection, which a ColQwen3.5 checkpoint must have."""
+    found = projection_tensors(shapes, where)
+    if found is None:
+        raise CheckpointError(f"{where} needs a projection weight (a tensor named *custom_text_proj.weight or "
+                              "*embedding_proj_layer.weight); it has none")
+    return found
 
 
 def key_prefix(shapes: dict[str, list[int]], where: str = "the checkpoint") -> str:
@@ -192,7 +172,7 @@ def read_colqwen3_5(path: str | Path, overrides: dict[str, Any] | None = None) -
     hidden = int(text.get("hidden_size", 0))
     if hidden < 1:
         raise CheckpointError(f"{where}: text_config.hidden_size is missing")
-    shapes = tensor_shapes(path)
+    shapes = weight_shapes(path)
     weight, bias = projection_keys(shapes, str(path))
     rows, cols = shapes[weight]
     if rows != dim:

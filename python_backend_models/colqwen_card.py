@@ -70,7 +70,8 @@ def detect_layout(names: list[str] | set[str], where: Path) -> str:
     return found[0]
 
 
-def _projection(shapes: dict[str, tuple[list[int], Path]], where: Path) -> tuple[str, str | None] | None:
+def projection_tensors(shapes: dict, where) -> tuple[str, str | None] | None:
+    """(weight key, bias key or None) of the one projection among the tensor names of ``shapes``; None: none."""
     keys = [k for k in shapes if any(p in k for p in PROJECTION_NAMES)]
     weights = [k for k in keys if k.endswith(".weight")]
     biases = [k for k in keys if k.endswith(".bias")]
@@ -112,7 +113,7 @@ def read_colqwen3(path: str | Path, overrides: dict[str, Any] | None = None) -> 
 
     shapes = tensor_shapes(path)
     layout = detect_layout(set(shapes), path)
-    projection = _projection(shapes, path)
+    projection = projection_tensors(shapes, path)
     dim_field = next((f for f in DIM_FIELDS if config.get(f) is not None), None)
     declared = config.get(dim_field) if dim_field else None
     if declared is not None and (not isinstance(declared, int) or isinstance(declared, bool) or declared < 1):

@@ -31,14 +31,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .chat_templates import ChatTemplate, template_messages
+from .chat_templates import ChatTemplate, content_parts, string_content, template_messages
 from .checkpoint import CheckpointError, read_json_if_exists
 from .errors import InputError
 from .media import MediaLimits, decode_image
 from .tokenization import Encoded, TextPreprocessor
 
 PROMPT_KINDS = ("text", "content", "messages")
-IMAGE_PARTS = ("image", "image_url")
 
 
 @dataclass(frozen=True)
@@ -71,22 +70,6 @@ def parse_prompt(raw: str, prompt_format: str | None, row: int) -> Prompt:
     return Prompt(kind, value)
 
 
-def _content_parts(parts: Sequence[Any], where: str) -> tuple[list[str], int]:
-    """(text parts, number of images) of a content list; anything else is refused by name."""
-    texts, images = [], 0
-    for i, part in enumerate(parts):
-        kind = part.get("type") if isinstance(part, Mapping) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind in IMAGE_PARTS:
-            images += 1
-        elif kind == "text":
-            raise InputError(f"{where}[{i}] is a text part without a string 'text'")
-        else:
-            raise InputError(f"{where}[{i}] has the unsupported content type {kind!r}; use text or image parts")
-    return texts, images
-
-
 @dataclass(frozen=True)
 class ProcessedImage:
     pixel_values: np.ndarray  # float32, the family's per-image rows (patches or tiles)
@@ -110,6 +93,19 @@ class ImageLayout:
         """``prompt`` with its placeholders, in order, replaced by each image's token string."""
         raise NotImplementedError
 
+    def counts(self, sizes: np.ndarray) -> tuple[int, int]:
+        """(pixel rows, image tokens) that images of these ``sizes`` (one entry per image) take."""
+        raise NotImplementedError
+
+    def check_row(self, input_ids: np.ndarray, pixel_values: np.ndarray, sizes: np.ndarray) -> None:
+        """Refuse one row whose ids, pixels and sizes do not fit together (``InputError``), before it can share a
+        forward pass with other requests' rows."""
+        rows, tokens = self.counts(sizes)
+        found = int((np.asarray(input_ids) == self.image_token_id).sum())
+        if pixel_values.shape[0] != rows or found != tokens:
+            raise InputError(f"the row's {found} image tokens and {pixel_values.shape[0]} pixel rows do not match its "
+                             f"image sizes {sizes.tolist()} ({tokens} tokens, {rows} rows)")
+
 
 class QwenVLLayout(ImageLayout):
     """Qwen3-VL / Qwen3.5: ``<|vision_start|><|image_pad|><|vision_end|>``, the pad expanded to one id per merged
@@ -130,6 +126,12 @@ class QwenVLLayout(ImageLayout):
 
         done = preprocess_image(image, self.config)
         return ProcessedImage(done.pixel_values, done.image_grid_thw.reshape(3), done.num_placeholders)
+
+    def counts(self, sizes):
+        if sizes.size and (sizes < 1).any():
+            raise InputError(f"image sizes must be positive, got {sizes.tolist()}")
+        patches = int(np.prod(sizes, axis=-1).sum()) if sizes.size else 0
+        return patches, patches // self.config.merge_size**2
 
     def expand(self, prompt, images):
         pieces = prompt.split(self.pad)
@@ -206,10 +208,9 @@ class MultimodalPreprocessor:
             return self._colpali(prompt, row, mode)
         if prompt.kind == "text":
             return prompt.value, 0
-        if prompt.kind == "content":
-            texts, n = _content_parts(prompt.value, f"input {row}: content")
-            text = "\n".join(texts)
-            return (self.placeholder_separator.join([self.layout.placeholder] * n + [text]) if n else text), n
+        if prompt.kind == "content":  # placeholders in front of the text, as vLLM's score items
+            return string_content(prompt.value, f"input {row}: content", image_placeholder=self.layout.placeholder,
+                                  placeholder_separator=self.placeholder_separator)
         if self.chat_template is None:
             raise InputError("this model has no chat template for 'messages'; start the server with "
                              "--chat-template PATH")
@@ -233,7 +234,7 @@ class MultimodalPreprocessor:
         if prompt.kind == "text":
             texts, n = [prompt.value], 0
         else:
-            texts, n = _content_parts(prompt.value, f"input {row}: content")
+            texts, n = content_parts(prompt.value, f"input {row}: content")
         if mode == "query":
             if n:
                 raise InputError(f"input {row}: a query (embedding_mode 'query') is text; it holds {n} image(s)")
@@ -327,7 +328,7 @@ class MultimodalPreprocessor:
 
 def _files(images: Sequence[Sequence[bytes]], row: int) -> list[bytes]:
     """Row ``row``'s image files (the non-empty elements; b"" is padding)."""
-    return [bytes(b) for b in (images[row] if row < len(images) else ()) if len(b)]
+    return [b if isinstance(b, bytes) else bytes(b) for b in (images[row] if row < len(images) else ()) if len(b)]
 
 
 def to_bytes_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -366,6 +367,12 @@ class NemotronVLLayout(ImageLayout):
 
         tiles, count = preprocess_image(image, self.params)
         return ProcessedImage(tiles, np.asarray(count, dtype=np.int64), count * self.params.tokens_per_tile)
+
+    def counts(self, sizes):
+        if sizes.size and (sizes < 1).any():
+            raise InputError(f"image tile counts must be positive, got {sizes.tolist()}")
+        tiles = int(sizes.sum())
+        return tiles, tiles * self.params.tokens_per_tile
 
     def expand(self, prompt, images):
         from .nemotron_vl_images import expand_image_placeholders

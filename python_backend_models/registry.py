@@ -35,9 +35,9 @@ ARCHITECTURES: dict[str, Family] = {
     # BAAI/bge-m3 says XLMRobertaModel; vLLM and trilate need this override to load its two extra heads.
     "BgeM3EmbeddingModel": BgeM3Family("xlm-roberta"),
     # One family, three vendors' configs and key layouts (vLLM maps all three names to ColQwen3Model).
-    "ColQwen3": ColQwen3Family("colqwen3"),
-    "OpsColQwen3Model": ColQwen3Family("ops_colqwen3"),
-    "Qwen3VLNemotronEmbedModel": ColQwen3Family("qwen3_vl_nemotron_embed"),
+    "ColQwen3": ColQwen3Family(),
+    "OpsColQwen3Model": ColQwen3Family(),
+    "Qwen3VLNemotronEmbedModel": ColQwen3Family(),
     "ColQwen3_5": ColQwen35Family(),
     "LlamaNemotronVLModel": NemotronVLEmbedFamily(),
     "LlamaNemotronVLForSequenceClassification": NemotronVLRerankFamily(),

@@ -46,7 +46,7 @@ CARDS = [
     card(NEMOTRON_EMBED, "nemotron_embed", "LlamaNemotronVLModel", "bi-encoder", ("embed", "token_embed"), 8,
          multimodal=True, prompts={"search_query": "query: ", "search_document": "passage: "}),
     card(NEMOTRON_RERANK, "nemotron_rerank", "LlamaNemotronVLForSequenceClassification", "cross-encoder",
-         ("classify",), 1, multimodal=True, cross_encoder=True),
+         ("classify",), 1, multimodal=True),
     card(COLBERT, "colbert", "HF_ColBERT", "late-interaction", ("token_embed",), 8),  # a text model (no new fields)
 ]
 

@@ -148,9 +148,6 @@ def test_unknown_architecture_is_refused_with_the_known_list(jina_colbert):
 
 # The seed document's architectures, kept as test data (tests/data/make_seed_data.py regenerates it).
 SEED_DATA = Path(__file__).resolve().parent / "data" / "seed_commands.json"
-# Seed architectures registered whose tiny fixture is not yet served by the test server; each leaves this
-# list when its server test lands (the server test below fails on one that is served but still listed).
-PENDING: set[str] = set()
 
 
 def seed_architectures() -> set[str]:
@@ -163,15 +160,13 @@ def test_every_seed_architecture_is_registered():
     assert {"HF_ColBERT", "ColBERTModernBertModel", "ColBERTJinaRobertaModel", "ColBERTLfm2Model",
             "BgeM3EmbeddingModel", "ColQwen3", "ColQwen3_5", "LlamaNemotronVLModel"} <= names
     assert names - set(ARCHITECTURES) == set()
-    assert PENDING <= names
 
 
 @pytest.mark.server
 def test_every_registered_seed_architecture_has_a_fixture_served_by_the_test_server(client):
     served = {card.architecture for card in client.models()}
-    missing = (seed_architectures() & set(ARCHITECTURES)) - served - PENDING
+    missing = seed_architectures() - served
     assert not missing, f"no tiny fixture / server test for {sorted(missing)}"
-    assert not served & PENDING, f"served now: take {sorted(served & PENDING)} off PENDING"
 
 
 def test_matryoshka_sizes_come_from_the_checkpoint_config_not_the_architecture(jina_colbert):

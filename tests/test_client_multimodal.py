@@ -44,11 +44,12 @@ def client():
 # -- model cards ------------------------------------------------------------------------------------------------
 
 def test_model_card_reads_multimodal_and_cross_encoder_and_defaults_them_to_false():
+    """``cross_encoder`` is the card's score_type "cross-encoder"; ``multimodal`` a field that older cards lack."""
     base = {"served_name": "m", "architecture": "A", "score_type": "bi-encoder", "tasks": ["embed"], "dim": 4,
             "max_model_len": 8}
     old = ModelCard.from_parameter("m", json.dumps(base))
     assert (old.multimodal, old.cross_encoder) == (False, False)
-    new = ModelCard.from_parameter("m", json.dumps({**base, "multimodal": True, "cross_encoder": True,
+    new = ModelCard.from_parameter("m", json.dumps({**base, "multimodal": True, "score_type": "cross-encoder",
                                                     "image_placeholder": "<image>"}))
     assert (new.multimodal, new.cross_encoder) == (True, True)
 

@@ -299,34 +299,51 @@ def test_bad_inputs_are_input_errors_naming_what_is_wrong(folders, models):
         model(torch.tensor([[model.vocab_size]]), torch.ones((1, 1), dtype=torch.long))
 
 
-def test_encode_items_packs_text_and_image_items_and_equals_each_alone(folders, models):
-    """Items of mixed lengths, one with two images, in packs of several rows: each equals the item alone."""
+def test_the_served_encoder_packs_text_and_image_items_and_each_equals_the_item_alone(folders, models):
+    """Items of mixed lengths, one with two images, in packs of several rows (the encoder stage's packing):
+    each equals the item alone; an item whose placeholders do not match its images is refused on its own."""
+    from python_backend_models import contract as C
+    from python_backend_models.checkpoint import open_checkpoint
+    from python_backend_models.multimodal import to_bytes_rows
+    from python_backend_models.registry import describe, family_of
+
     folder, model = folders["bidirectional"], models["bidirectional"]
+    info = describe(open_checkpoint(folder), "m")
+    encoder = family_of(info).encoder(info)
     config = QwenVLImageConfig.from_checkpoint(folder)
     first, second = preprocess_image(_image(5, (64, 96)), config), preprocess_image(_image(6, (128, 64)), config)
     prompt = "".join(f"<|vision_start|>{'<|image_pad|>' * p.num_placeholders}<|vision_end|>" for p in (first, second))
-    two = {
-        "input_ids": np.array(_tokenizer(folder).encode(prompt + "Compare the pages.").ids),
-        "pixel_values": np.concatenate([first.pixel_values, second.pixel_values]),
-        "image_grid_thw": np.concatenate([first.image_grid_thw, second.image_grid_thw]),
-    }
     one_ids, one_pixels, one_grid = _image_row(folder, _image(7, (96, 96)))
-    one = {"input_ids": np.array(one_ids), "pixel_values": one_pixels.numpy(), "image_grid_thw": one_grid.numpy()}
-    items = [{"input_ids": np.array(row)} for row in _text_rows(folder)] + [two, one]
-    packed = model.encode_items(items, pass_cost=1000)  # a high pass cost: everything in one pack
-    single = model.encode_items(items, max_rows=1)
-    for i, item in enumerate(items):
-        ids = torch.from_numpy(item["input_ids"])[None]
-        images = [torch.from_numpy(item[k]) if k in item else None for k in ("pixel_values", "image_grid_thw")]
-        alone = model(ids, torch.ones_like(ids), *images)[0].numpy()
-        assert packed[i].shape == (item["input_ids"].size, 16)
+    rows = [(np.array(row), np.zeros((0, model.patch_dim), np.float32), np.zeros((0, 3), np.int64))
+            for row in _text_rows(folder)]
+    rows.append((np.array(_tokenizer(folder).encode(prompt + "Compare the pages.").ids),
+                 np.concatenate([first.pixel_values, second.pixel_values]),
+                 np.concatenate([first.image_grid_thw, second.image_grid_thw])))
+    rows.append((np.array(one_ids), one_pixels.numpy(), one_grid.numpy()))
+
+    def item(ids, pixels, grid):
+        ones = np.ones(len(ids), dtype=np.int64)
+        features = {C.INPUT_IDS: ids, C.ATTENTION_MASK: ones, C.OUTPUT_MASK: ones.astype(bool)}
+        raw_pixels, raw_sizes = to_bytes_rows([pixels])[0, 0], to_bytes_rows([grid])[0, 0]
+        return {**features, **encoder.image_features(raw_pixels, raw_sizes, ids)}
+
+    items = [item(*row) for row in rows]
+    encoder.pass_cost_tokens = 1000  # a high pass cost: everything in one pack
+    packed = [o.token_embeddings for o in encoder.encode(items)]
+    encoder.pass_cost_tokens, encoder.max_rows = 64, 1
+    single = [o.token_embeddings for o in encoder.encode(items)]
+    for i, (ids, pixels, grid) in enumerate(rows):
+        ids_t = torch.from_numpy(ids)[None]
+        images = (torch.from_numpy(pixels), torch.from_numpy(grid)) if len(grid) else (None, None)
+        alone = model(ids_t, torch.ones_like(ids_t), *images)[0].numpy()
+        assert packed[i].shape == (ids.size, 16)
         assert np.abs(packed[i] - alone).max() <= ATOL, f"item {i}"
         assert np.abs(single[i] - alone).max() <= ATOL, f"item {i}"
-    bad = dict(one, input_ids=one["input_ids"][1:])  # drops <|im_start|>: fine; then drop one placeholder
-    model.check_item(bad)
-    bad["input_ids"] = np.delete(bad["input_ids"], np.flatnonzero(bad["input_ids"] == model.image_token_id)[0])
+    ids, pixels, grid = rows[-1]
+    item(ids[1:], pixels, grid)  # drops <|im_start|>: fine; then drop one placeholder
+    fewer = np.delete(ids, np.flatnonzero(ids == model.image_token_id)[0])
     with pytest.raises(InputError, match="do not match"):
-        model.encode_items([items[0], bad])
+        item(fewer, pixels, grid)
 
 
 def test_missing_backbone_weights_and_stray_tensors_are_refused(tmp_path):

@@ -45,38 +45,13 @@ from tiny_checkpoints import (
 
 __all__ = ["QWEN_SPECIAL_TOKENS", "write_colqwen3_5", "CHAT_TEMPLATE"]
 
-# Qwen's added special tokens, shared with the Qwen3-VL fixture (the real Qwen3.5 tokenizer has the same run).
-from tiny_colqwen import SPECIAL_TOKENS as QWEN_SPECIAL_TOKENS  # noqa: E402
+# Qwen's added special tokens and the Qwen3-VL chat template, shared with the ColQwen3 fixture (the real Qwen3.5
+# tokenizer has the same special-token run; the ColQwen3.5 repos ship Qwen's same template).
+from tiny_colqwen import CHAT_TEMPLATE, SPECIAL_TOKENS as QWEN_SPECIAL_TOKENS  # noqa: E402
 # transformers' Qwen3_5Tokenizer pre-tokenisation split.
 _PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"""
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-
-# A Qwen3-VL style chat template (the parts a retrieval prompt uses): ``<|im_start|>role\n ... <|im_end|>\n`` per
-# message; a content list renders each image as ``<|vision_start|><|image_pad|><|vision_end|>``, each video as
-# ``<|vision_start|><|video_pad|><|vision_end|>`` and text verbatim.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}"
-    "{{- message['content'] -}}"
-    "{%- else -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
-    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif part['type'] == 'video' or 'video' in part -%}"
-    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
-    "{%- elif part['type'] == 'text' -%}"
-    "{{- part['text'] -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- endif -%}"
 )
 
 HIDDEN = 32

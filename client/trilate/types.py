@@ -24,9 +24,13 @@ class ModelCard:
     has_pad_token: bool
     matryoshka_dimensions: tuple[int, ...] = ()
     multimodal: bool = False  # image inputs accepted (vl_wire.md: prompt_format=json rows + images tensors)
-    cross_encoder: bool = False  # /score and /rerank send expanded pairs to <m>__score; no /pooling
     # Cohere input_type -> text prefix; left out of the hash so that a card stays hashable
     prompts: dict[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def cross_encoder(self) -> bool:
+        """/score and /rerank send expanded (query, document) pairs to ``<m>__score``; no /pooling."""
+        return self.score_type == "cross-encoder"
 
     @classmethod
     def from_parameter(cls, triton_name: str, text: str) -> "ModelCard":
@@ -43,7 +47,6 @@ class ModelCard:
             has_pad_token=bool(data.get("has_pad_token", True)),
             matryoshka_dimensions=tuple(data.get("matryoshka_dimensions", ())),
             multimodal=bool(data.get("multimodal", False)),
-            cross_encoder=bool(data.get("cross_encoder", False)),
             prompts=dict(data.get("prompts") or {}),
         )
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError
-from ..colqwen35_card import backbone_key, load_config, read_colqwen3_5, weight_files
+from ..checkpoint import CheckpointError, weight_files
+from ..colqwen35_card import backbone_key, load_config, read_colqwen3_5
 from ..errors import InputError
 from .base import resolve_dtype
 
@@ -227,53 +226,6 @@ class ColQwen35Model(torch.nn.Module):
         ).last_hidden_state.float()
         vectors = F.normalize(F.linear(hidden, self.projection_weight, self.projection_bias), p=2, dim=-1)
         return vectors * attention_mask[..., None].to(vectors.dtype)
-
-    def check_item(self, item: Mapping[str, np.ndarray]) -> None:
-        """Refuse one item that would break a shared forward pass (``InputError`` naming what is wrong): its ids,
-        length and image placeholders against its own images.  Item layout in :meth:`encode_items`."""
-        ids = np.asarray(item["input_ids"])
-        if ids.ndim != 1:
-            raise InputError(f"input_ids must be a 1-D array, got shape {ids.shape}")
-        row = torch.from_numpy(ids.astype(np.int64))[None]
-        pixels, grid = item.get("pixel_values"), item.get("image_grid_thw")
-        self._validate(row, torch.ones_like(row), None if pixels is None else torch.from_numpy(np.asarray(pixels)),
-                       None if grid is None else torch.from_numpy(np.asarray(grid)))
-
-    def encode_items(
-        self, items: Sequence[Mapping[str, np.ndarray]], *, max_batch_tokens: int = 16384, max_rows: int = 64,
-        pass_cost: int | None = None,
-    ) -> list[np.ndarray]:
-        """Each item's per-token vectors (n_tokens, dim) float32, in input order.
-
-        An item: ``input_ids`` (n_tokens,) int with its ``<|image_pad|>`` runs already expanded, and for an item
-        with images ``pixel_values`` (patches, 3 * T * P * P) float32 and ``image_grid_thw`` (n_images, 3) int, as
-        ``qwen_vl_images.preprocess_images`` returns them.  Items are packed by ``packing.plan`` (least padded
-        tokens + ``pass_cost`` per pass; default 64 on CPU, 4096 on a GPU) into right-padded passes; a pack's
-        images are concatenated in row order.  Every item is checked first (:meth:`check_item`).
-        """
-        from ..packing import plan
-
-        for item in items:
-            self.check_item(item)
-        if pass_cost is None:
-            pass_cost = 64 if self.device.type == "cpu" else 4096
-        lengths = [int(np.asarray(item["input_ids"]).size) for item in items]
-        out: list[np.ndarray | None] = [None] * len(items)
-        for pack in plan(lengths, max_tokens=max_batch_tokens, max_rows=max_rows, pass_cost=pass_cost):
-            ids = torch.zeros((len(pack.rows), pack.width), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            pixels, grids = [], []
-            for r, i in enumerate(pack.rows):
-                ids[r, : lengths[i]] = torch.from_numpy(np.asarray(items[i]["input_ids"]).astype(np.int64))
-                mask[r, : lengths[i]] = 1
-                if items[i].get("pixel_values") is not None:
-                    pixels.append(torch.from_numpy(np.asarray(items[i]["pixel_values"], dtype=np.float32)))
-                    grids.append(torch.from_numpy(np.asarray(items[i]["image_grid_thw"]).astype(np.int64)))
-            vectors = self(ids, mask, torch.cat(pixels) if pixels else None, torch.cat(grids) if grids else None)
-            vectors = vectors.to("cpu").numpy()
-            for r, i in enumerate(pack.rows):
-                out[i] = np.ascontiguousarray(vectors[r, : lengths[i]])
-        return out  # type: ignore[return-value]
 
 
 def load_colqwen3_5(

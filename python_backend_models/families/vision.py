@@ -90,10 +90,10 @@ class ColQwen3Family(VisionFamily):
     tasks = ("token_embed",)
     colpali = True
 
-    def __init__(self, vendor_model_type: str):
-        # Every vendor's model_type, and plain qwen3_vl, reads as a Qwen3VLConfig for each of the three names.
+    def __init__(self):
+        # Every vendor's model_type, and plain qwen3_vl, reads as a Qwen3VLConfig for each of the three names; the
+        # vendor's key layout is read from the weights (colqwen_card.detect_layout).
         super().__init__("qwen3_vl", ("colqwen3", "ops_colqwen3", "qwen3_vl_nemotron_embed", "qwen3_vl"))
-        self.vendor_model_type = vendor_model_type
 
     def read(self, ckpt):
         from ..colqwen_card import read_colqwen3
@@ -123,6 +123,11 @@ class ColQwen35Family(ColQwen3Family):
         from ..colqwen35_card import read_colqwen3_5
 
         return read_colqwen3_5(ckpt.path)
+
+    def encoder(self, info, device="cpu", dtype="auto"):
+        from .vision_encoders import ColQwen35Encoder
+
+        return ColQwen35Encoder(info, device=device, dtype=dtype)
 
 
 class NemotronVLEmbedFamily(VisionFamily):

@@ -44,10 +44,12 @@ class VisionEncoder(Encoder):
     def load(self, path: Path):
         raise NotImplementedError
 
-    def image_features(self, raw_pixels: bytes, raw_sizes: bytes) -> dict[str, np.ndarray]:
-        """One row's pixel features from the preprocess stage's BYTES elements."""
-        return {C.PIXEL_VALUES: from_bytes_row(raw_pixels, np.float32, self.layout.pixel_shape),
-                C.IMAGE_SIZES: from_bytes_row(raw_sizes, np.int64, self.layout.size_shape or (1,))}
+    def image_features(self, raw_pixels: bytes, raw_sizes: bytes, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """One row's pixel features from the preprocess stage's BYTES elements, checked against its ids."""
+        pixels = from_bytes_row(raw_pixels, np.float32, self.layout.pixel_shape)
+        sizes = from_bytes_row(raw_sizes, np.int64, self.layout.size_shape or (1,)).reshape(-1, *self.layout.size_shape)
+        self.layout.check_row(input_ids, pixels, sizes)
+        return {C.PIXEL_VALUES: pixels, C.IMAGE_SIZES: sizes}
 
     def pixels(self, rows: Sequence[Features]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The pack's pixel rows and image sizes, concatenated in row order (None when no row has an image)."""
@@ -56,8 +58,7 @@ class VisionEncoder(Encoder):
             return None, None
         pixels = np.concatenate([f[C.PIXEL_VALUES] for f in with_images])
         sizes = np.concatenate([f[C.IMAGE_SIZES] for f in with_images])
-        return (torch.from_numpy(pixels).to(self.device, self.dtype),
-                torch.from_numpy(sizes.reshape(len(sizes), *self.layout.size_shape)).to(self.device))
+        return torch.from_numpy(pixels).to(self.device, self.dtype), torch.from_numpy(sizes).to(self.device)
 
     def forward_pack(self, ids, attention, rows):
         pixels, sizes = self.pixels(rows)
@@ -69,18 +70,25 @@ class VisionEncoder(Encoder):
 
 
 class ColQwenEncoder(VisionEncoder, ColbertEncoder):
-    """ColQwen3 / ColQwen3.5: the model returns per-token projected vectors (rows, width, dim); the ColBERT head
-    applies L2 (idempotent where the model normalises itself) and keeps every prompt token."""
+    """ColQwen3: the model returns per-token projected vectors (rows, width, dim); the ColBERT head applies L2
+    (idempotent where the model normalises itself) and keeps every prompt token."""
 
     def load(self, path):
-        if self.info.family == "colqwen3_5":
-            from .colqwen3_5 import load_colqwen3_5 as load
-        else:
-            from .colqwen3 import load_colqwen3 as load
-        return load(path, overrides=self.info.hf_overrides, device=self.device, dtype=self.dtype)
+        from .colqwen3 import load_colqwen3
+
+        return load_colqwen3(path, overrides=self.info.hf_overrides, device=self.device, dtype=self.dtype)
 
     def run(self, ids, attention, pixels, sizes):
         return self.model(ids, attention, pixels, sizes)
+
+
+class ColQwen35Encoder(ColQwenEncoder):
+    """ColQwen3.5: the same head over the Qwen3.5 hybrid backbone."""
+
+    def load(self, path):
+        from .colqwen3_5 import load_colqwen3_5
+
+        return load_colqwen3_5(path, overrides=self.info.hf_overrides, device=self.device, dtype=self.dtype)
 
 
 class NemotronEmbedEncoder(VisionEncoder, BiEncoder):

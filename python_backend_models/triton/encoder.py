@@ -11,7 +11,7 @@ import triton_python_backend_utils as pb_utils
 
 from .. import contract as C
 from ..errors import InputError
-from ..families.base import Wanted
+from ..families.base import Wanted, item_length
 from ..sparse import SCORE_MODES
 from .base import (
     StageModel, bool_param, error_response, input_array, int_param, request_parameters, requested_outputs,
@@ -134,7 +134,8 @@ class EncoderModel(StageModel):
             if pixels.shape[0] != len(rows) or image_sizes.shape[0] != len(rows):
                 raise InputError("pixel_values and image_sizes need one element per row")
             for row, raw_pixels, raw_sizes in zip(rows, pixels, image_sizes):
-                row.update(self.encoder.image_features(raw_pixels, raw_sizes))
+                n = item_length(row[C.ATTENTION_MASK], row[C.OUTPUT_MASK])
+                row.update(self.encoder.image_features(raw_pixels, raw_sizes, row[C.INPUT_IDS][:n]))
         return rows
 
     def _trim_heap(self, every_s: float = 2.0) -> None:
