@@ -49,6 +49,7 @@ class BuildOptions:
     max_batch_tokens: int = 16384
     max_queue_delay_us: int = 0
     encoder_threads: int = 0  # torch threads per encoder instance; 0 = every core
+    encoder_backend: str = "auto"  # auto | torch | onnx (families.onnx_backbone)
 
 
 SHIM = "from python_backend_models.triton.{module} import {cls} as TritonPythonModel  # noqa: F401\n"
@@ -126,7 +127,7 @@ def _encoder_config(name: str, spec: ServeSpec, card: str, encoder: C.StageSpec,
     return (stage_config(
         C.stage_name(name, "encoder"), encoder, max_batch_size=MAX_BATCH_SIZE,
         parameters={"model_card": card, "dtype": spec.dtype, "max_batch_tokens": str(options.max_batch_tokens),
-                    "threads": str(options.encoder_threads)},
+                    "threads": str(options.encoder_threads), "backend": options.encoder_backend},
         instance_kind="KIND_GPU" if options.device == "gpu" else "KIND_CPU",
         instance_count=options.encoder_instances, max_queue_delay_us=options.max_queue_delay_us,
     ), encoder.adapter)

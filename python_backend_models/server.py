@@ -168,7 +168,7 @@ def server_environment(install: Tritonserver | None = None) -> dict[str, str]:
     # Two malloc arenas per process: with one arena per thread (glibc's default, 8 x cores) the encoder's
     # buffers of ever-changing pack shapes fragment into arenas that never give memory back (the soak's growth).
     for name, value in (("OMP_NUM_THREADS", "1"), ("OPENBLAS_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"),
-                        ("OMP_WAIT_POLICY", "passive"), ("MALLOC_ARENA_MAX", "2")):
+                        ("MALLOC_ARENA_MAX", "2")):
         env.setdefault(name, value)
     return env
 

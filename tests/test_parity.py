@@ -49,12 +49,14 @@ MINILM_KNOWN_IDS = [101, 2054, 2003, 3698, 4083, 1029, 102]
 class Stack:
     """describe() + TextPreprocessor + encoder for one checkpoint, as the serving stages build them."""
 
-    def __init__(self, path: Path, overrides: dict | None):
+    def __init__(self, path: Path, overrides: dict | None, backend: str = "torch"):
         self.info = describe(open_checkpoint(path, overrides), path.name, hf_overrides=overrides)
         self.preprocessor = TextPreprocessor(
             path, self.info.max_model_len, do_lower_case=self.info.do_lower_case, colbert=self.info.family == "colbert"
         )
         self.encoder = load_encoder(self.info)
+        # The served default on CPU for BERT backbones is ONNX Runtime (``auto``); tests name the backend.
+        assert self.encoder.use_backend(backend) == backend
 
     def items(self, texts, mode=None):
         enc = self.preprocessor.encode(texts, mode=mode)
@@ -65,14 +67,18 @@ class Stack:
 
 
 @functools.cache
-def _stack(path: str, overrides_key: tuple) -> Stack:
-    return Stack(Path(path), dict(overrides_key) if overrides_key else None)
+def _stack(path: str, overrides_key: tuple, backend: str) -> Stack:
+    return Stack(Path(path), dict(overrides_key) if overrides_key else None, backend)
 
 
-def stack_for(request, checkpoint: str) -> Stack:
+def stack_for(request, checkpoint: str, backend: str = "torch") -> Stack:
     path = request.getfixturevalue(checkpoint)
     overrides = COLBERT_OVERRIDES if checkpoint.startswith("pylate") else None
-    return _stack(str(path), tuple(sorted((k, tuple(v)) for k, v in (overrides or {}).items())))
+    return _stack(str(path), tuple(sorted((k, tuple(v)) for k, v in (overrides or {}).items())), backend)
+
+
+# Both backbone runtimes of a BERT checkpoint (families.onnx_backbone): each against the same references.
+BACKENDS = pytest.mark.parametrize("backend", ["torch", "onnx"])
 
 
 def assert_vectors_equal(ours: list[np.ndarray], reference: list[np.ndarray], atol: float = ATOL) -> None:
@@ -95,8 +101,9 @@ def reference_maxsim(q: np.ndarray, d: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("checkpoint", ["stanford_colbert", "pylate_colbert"])
-def test_vllm_mode_token_embeddings_equal_hf_colbert_reference(request, checkpoint):
-    stack = stack_for(request, checkpoint)
+@BACKENDS
+def test_vllm_mode_token_embeddings_equal_hf_colbert_reference(request, checkpoint, backend):
+    stack = stack_for(request, checkpoint, backend)
     ours = stack.token_embeddings(TEXTS)
     reference = references.hf_colbert_token_embeddings(request.getfixturevalue(checkpoint), TEXTS)
     assert_vectors_equal(ours, reference)
@@ -115,15 +122,17 @@ def test_stanford_and_pylate_layouts_hold_different_weights(request):
 
 
 @pytest.mark.parametrize("checkpoint", COLBERT_CHECKPOINTS)
-def test_query_mode_equals_pylate_per_token(request, checkpoint):
-    stack = stack_for(request, checkpoint)
+@BACKENDS
+def test_query_mode_equals_pylate_per_token(request, checkpoint, backend):
+    stack = stack_for(request, checkpoint, backend)
     path = request.getfixturevalue(checkpoint)
     assert_vectors_equal(stack.token_embeddings(TEXTS, "query"), references.pylate_encode(path, TEXTS, is_query=True))
 
 
 @pytest.mark.parametrize("checkpoint", COLBERT_CHECKPOINTS)
-def test_document_mode_equals_pylate_per_token(request, checkpoint):
-    stack = stack_for(request, checkpoint)
+@BACKENDS
+def test_document_mode_equals_pylate_per_token(request, checkpoint, backend):
+    stack = stack_for(request, checkpoint, backend)
     path = request.getfixturevalue(checkpoint)
     assert_vectors_equal(
         stack.token_embeddings(TEXTS, "document"), references.pylate_encode(path, TEXTS, is_query=False)
@@ -208,8 +217,9 @@ MINILM_TEXTS = ["What is machine learning?", "Machine learning is a field of AI.
                 "Ünïcödé café — naïve 日本語 😀!", " ".join(["word"] * 200)]
 
 
-def test_minilm_pooled_embeddings_equal_sentence_transformers(request, minilm_path):
-    stack = stack_for(request, "minilm_path")
+@BACKENDS
+def test_minilm_pooled_embeddings_equal_sentence_transformers(request, minilm_path, backend):
+    stack = stack_for(request, "minilm_path", backend)
     outputs = stack.encoder.encode(stack.items(MINILM_TEXTS), want_tokens=False, want_pooled=True)
     ours = np.stack([out.embedding for out in outputs])
     reference = references.st_mean_pooled(minilm_path, MINILM_TEXTS)
@@ -219,8 +229,9 @@ def test_minilm_pooled_embeddings_equal_sentence_transformers(request, minilm_pa
     np.testing.assert_allclose(ours, reference, atol=ATOL)
 
 
-def test_minilm_known_answer(request):
-    stack = stack_for(request, "minilm_path")
+@BACKENDS
+def test_minilm_known_answer(request, backend):
+    stack = stack_for(request, "minilm_path", backend)
     encoded = stack.preprocessor.encode(["What is machine learning?"])
     assert encoded.input_ids[0, : encoded.prompt_tokens[0]].tolist() == MINILM_KNOWN_IDS
     (out,) = stack.encoder.encode(stack.items(["What is machine learning?"]), want_pooled=True)
@@ -263,9 +274,10 @@ def mixed_items(stack: Stack) -> list:
 
 @pytest.mark.parametrize("checkpoint", ["stanford_colbert", "pylate_colbert", "pylate_colbert_attend"])
 @pytest.mark.parametrize("max_batch_tokens", [16384, 200], ids=["one_pack", "several_packs"])
+@BACKENDS
 def test_item_encoded_alone_equals_item_inside_a_mixed_length_batch(request, monkeypatch, checkpoint,
-                                                                    max_batch_tokens):
-    stack = stack_for(request, checkpoint)
+                                                                    max_batch_tokens, backend):
+    stack = stack_for(request, checkpoint, backend)
     items = mixed_items(stack)
     alone = [stack.encoder.encode([item])[0].token_embeddings for item in items]
     monkeypatch.setattr(stack.encoder, "max_batch_tokens", max_batch_tokens)
@@ -282,8 +294,9 @@ def test_item_encoded_alone_equals_item_inside_a_mixed_length_batch(request, mon
 
 
 @pytest.mark.parametrize("max_batch_tokens", [16384, 24], ids=["one_pack", "several_packs"])
-def test_minilm_pooled_alone_equals_pooled_inside_a_batch(request, monkeypatch, max_batch_tokens):
-    stack = stack_for(request, "minilm_path")
+@BACKENDS
+def test_minilm_pooled_alone_equals_pooled_inside_a_batch(request, monkeypatch, max_batch_tokens, backend):
+    stack = stack_for(request, "minilm_path", backend)
     items = stack.items(MINILM_TEXTS)
     alone = [stack.encoder.encode([item], want_pooled=True)[0] for item in items]
     monkeypatch.setattr(stack.encoder, "max_batch_tokens", max_batch_tokens)

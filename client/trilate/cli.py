@@ -44,6 +44,9 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="encoder processes per model (each loads the weights)")
     parser.add_argument("--encoder-threads", type=int, default=0,
                         help="torch threads of each encoder instance (0: every core); the other stages use one")
+    parser.add_argument("--encoder-backend", default="auto", choices=["auto", "torch", "onnx"],
+                        help="what runs the text backbone: auto = ONNX Runtime for BERT backbones in float32 on CPU "
+                             "(faster there; PyTorch if its start-up check fails), PyTorch otherwise")
 
 
 def _specs(args: argparse.Namespace):
@@ -107,7 +110,7 @@ def _build(args: argparse.Namespace, output: Path):
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least {least}")
     options = BuildOptions(device=args.device, max_batch_tokens=args.max_batch_tokens,
                            max_queue_delay_us=args.max_queue_delay_us, encoder_instances=args.encoder_instances,
-                           encoder_threads=args.encoder_threads)
+                           encoder_threads=args.encoder_threads, encoder_backend=args.encoder_backend)
     try:
         return build_repository(_specs(args), output, options)
     except CheckpointError as exc:

@@ -182,6 +182,8 @@ class Encoder:
     # of its rows (kernel launches, Python, the heads: small next to a CPU's ~2k tokens/s, large next to a
     # GPU's), and holds at most this many rows.
     max_rows = 64
+    onnx = None  # an OnnxBackbone once use_backend("auto" | "onnx") has put one in the backbone's place
+    backend = "torch"
 
     def __init__(self, info: ModelInfo, device: str = "cpu", dtype: str = "auto", max_batch_tokens: int = 16384):
         self.info = info
@@ -193,6 +195,25 @@ class Encoder:
         self.pass_cost_tokens = 64 if self.device.type == "cpu" else 4096
         self.forward_passes = 0  # backbone calls, for tests and statistics
         self.vocab_size = self.backbone.get_input_embeddings().num_embeddings
+
+    def use_backend(self, backend: str = "auto") -> str:
+        """Run the backbone on ONNX Runtime where ``backend`` ("auto", "torch", "onnx") asks for it and the
+        backbone is one it runs (``families.onnx_backbone``); returns the backend now in use.  ``auto`` keeps
+        PyTorch, with a warning, when the export or its start-up check fails; ``onnx`` raises then."""
+        from .onnx_backbone import OnnxBackbone, OnnxUnavailable, wants_onnx
+
+        if not wants_onnx(backend, self.info.backbone, self.device, self.dtype):
+            return self.backend
+        try:
+            self.onnx = OnnxBackbone(self.backbone, torch.get_num_threads(), self.vocab_size)
+        except OnnxUnavailable as exc:
+            if backend == "onnx":
+                raise
+            log.warning("%s: keeping PyTorch for the backbone: %s", self.info.served_name, exc)
+            return self.backend
+        self.backbone = None  # the weights now live in ONNX Runtime's session only
+        self.backend = "onnx"
+        return self.backend
 
     def check(self, input_ids: np.ndarray, attention: np.ndarray, output: np.ndarray) -> None:
         """Refuse one request's rows that would break the shared forward pass (its own error only)."""
@@ -222,6 +243,8 @@ class Encoder:
     def forward_pack(self, ids: torch.Tensor, attention: torch.Tensor, rows: Sequence[Features]) -> torch.Tensor:
         """One pack's last hidden states (rows, width, H) fp32; ``rows`` are the pack's items in row order (the
         image families read their pixel features from them)."""
+        if self.onnx is not None:
+            return self.onnx(ids, attention)
         return self.backbone(input_ids=ids, attention_mask=attention).last_hidden_state.float()
 
     def head_keys(self) -> tuple[str, ...]:

@@ -36,7 +36,8 @@ _SPARSE_OUTPUTS = {C.TOKEN_WEIGHTS, *(spec.name for spec in C.SPARSE.outputs)}
 
 class EncoderModel(StageModel):
     """Config parameters: ``model_card``, ``dtype`` (auto|float32|float16|bfloat16), ``max_batch_tokens``,
-    ``threads`` (torch intra-op threads; 0 = every core), ``max_rows`` and ``pass_cost_tokens`` (packing).
+    ``threads`` (torch / ONNX Runtime intra-op threads; 0 = every core), ``backend`` (auto|torch|onnx:
+    ``families.onnx_backbone``), ``max_rows`` and ``pass_cost_tokens`` (packing).
 
     Computes only the heads its requests need: the outputs Triton asks of this step, narrowed by the
     request parameter ``outputs`` (what the caller reads) and, for BGE-M3, by an explicit ``score_mode``.
@@ -58,6 +59,8 @@ class EncoderModel(StageModel):
         self.info = self.model_info()
         device = f"cuda:{self.device_id}" if self.instance_kind == "GPU" else "cpu"
         self.encoder = load_encoder(self.info, device=device, dtype=self.params.get("dtype", "auto"))
+        backend = self.encoder.use_backend(self.params.get("backend", "auto") or "auto")
+        self.log.log_info(f"{self.model_name}: backbone on {backend}")
         self.encoder.max_batch_tokens = int(self.params.get("max_batch_tokens", "16384"))
         self._trimmed_at = 0.0
         for name in ("max_rows", "pass_cost_tokens"):
