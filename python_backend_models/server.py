@@ -215,13 +215,15 @@ class ServerConfig:
 class LoadProgress:
     """Turns tritonserver's model-lifecycle log lines into one line per event a person can follow.
 
-    ``emit`` gets ``loading NAME``, ``NAME READY after S s`` and ``NAME FAILED after S s: REASON``;
+    ``emit`` gets ``loading NAME``, ``NAME READY after S s``, ``NAME FAILED after S s: REASON`` and each
+    encoder's ``NAME: backbone on RUNTIME``;
     ``clock`` is injectable so the arithmetic is testable without waiting.
     """
 
     LOADING = re.compile(r'\] "loading: (?P<name>.+):(?P<version>\d+)"\s*$')
     LOADED = re.compile(r"""\] "successfully loaded '(?P<name>[^']+)'""")
     FAILED = re.compile(r"""\] "failed to load '(?P<name>[^']+)' version \d+: (?P<reason>.*?)"?\s*$""")
+    BACKBONE = re.compile(r'\] "(?P<what>[^"\s]+: backbone on [^"]+)"\s*$')  # the encoder's runtime (triton/encoder.py)
 
     def __init__(self, emit: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic):
         self.emit = emit or (lambda _message: None)
@@ -244,6 +246,8 @@ class LoadProgress:
             reason = m["reason"].replace("\\n", " ").replace('\\"', '"').strip()
             self.failed[m["name"]] = reason
             self.emit(f"{m['name']} FAILED after {seconds:.1f} s: {reason}")
+        elif m := self.BACKBONE.search(line):
+            self.emit(m["what"])
 
     def still_loading(self) -> list[tuple[str, float]]:
         now = self.clock()

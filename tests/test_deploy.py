@@ -341,6 +341,16 @@ def test_load_progress_names_each_model_with_its_seconds_and_state():
     assert progress.failed == {"m__encoder": 'Internal: ValueError: no "model.safetensors" in folder'}
 
 
+def test_load_progress_says_which_runtime_each_encoder_runs_its_backbone_on():
+    seen = []
+    progress = S.LoadProgress(seen.append)
+    progress.feed('I1201 15:24:26.421650 21305 encoder.py:63] "m__encoder: backbone on onnx"\n')
+    progress.feed('I1201 15:24:27.421650 21305 encoder.py:63] "n__encoder: backbone on torch (ONNX Runtime not used: '
+                  'export failed)"\n')
+    progress.feed('I1201 15:24:27.421823 21305 encoder.py:71] "m__encoder: warm-up forward pass in 0.0 s"\n')
+    assert seen == ["m__encoder: backbone on onnx", "n__encoder: backbone on torch (ONNX Runtime not used: export failed)"]
+
+
 def test_models_still_loading_are_named_with_their_seconds_so_far():
     clock = iter([0.0, 1.0, 2.0, 31.0])
     seen = []

@@ -55,12 +55,19 @@ def test_onnx_where_it_cannot_run_is_an_error_naming_why(modernbert_colbert, sta
 
 def test_a_failed_start_up_check_keeps_pytorch_under_auto_and_fails_under_onnx(stanford_colbert, monkeypatch,
                                                                                 caplog):
+    reference = _encoder(stanford_colbert)
     monkeypatch.setattr(onnx_backbone, "TOLERANCE", -1.0)  # no difference is small enough
+    monkeypatch.setattr(onnx_backbone, "SPREAD_FACTOR", -1.0)
     encoder = _encoder(stanford_colbert)
     with caplog.at_level(logging.WARNING):
         assert encoder.use_backend("auto") == "torch"
     assert "keeping PyTorch" in caplog.text and "differs from PyTorch" in caplog.text
-    assert encoder.backbone is not None and encoder.onnx is None
+    assert encoder.backbone is not None and encoder.onnx is None and "differs" in encoder.backend_reason
+    # The exporter traced (and so changed) the first module: the fallback's answers are the fresh module's.
+    ids = torch.from_numpy(np.random.default_rng(2).integers(1, encoder.vocab_size, size=(3, 11)))
+    att = torch.ones_like(ids)
+    with torch.inference_mode():
+        assert torch.equal(encoder.forward_pack(ids, att, []), reference.forward_pack(ids, att, []))
     with pytest.raises(onnx_backbone.OnnxUnavailable, match="differs from PyTorch"):
         _encoder(stanford_colbert).use_backend("onnx")
 

@@ -184,6 +184,7 @@ class Encoder:
     max_rows = 64
     onnx = None  # an OnnxBackbone once use_backend("auto" | "onnx") has put one in the backbone's place
     backend = "torch"
+    backend_reason = None  # why ``auto`` kept PyTorch where ONNX Runtime was wanted
 
     def __init__(self, info: ModelInfo, device: str = "cpu", dtype: str = "auto", max_batch_tokens: int = 16384):
         self.info = info
@@ -210,6 +211,9 @@ class Encoder:
             if backend == "onnx":
                 raise
             log.warning("%s: keeping PyTorch for the backbone: %s", self.info.served_name, exc)
+            self.backend_reason = str(exc)
+            # The module the exporter traced no longer gives the right answers (onnx_backbone): load it again.
+            self.backbone = build_backbone(self.info, self.device, self.dtype, skip=self.head_keys())
             return self.backend
         self.backbone = None  # the weights now live in ONNX Runtime's session only
         self.backend = "onnx"

@@ -5,7 +5,9 @@ Why: on the CPUs we measured, ONNX Runtime runs a BERT forward pass about a thir
 at the batch shapes packing makes (``make bench``; README, Performance).  The exported graph is traced from
 transformers' eager attention, so it is the same arithmetic in another summation order: the start-up check
 below compares it with the PyTorch backbone on padded and unpadded probes and keeps PyTorch (with a warning)
-when they differ by more than :data:`TOLERANCE`.
+when they differ by more than :data:`TOLERANCE` (or, for weights that sensitive, :data:`SPREAD_FACTOR` times
+what PyTorch's own two attention kernels differ by).  The exporter leaves the PyTorch module it traced giving
+wrong answers (measured: off by 4 on hidden states of size 4), so a caller that falls back loads the backbone again.
 
 Only ``model_type`` in :data:`BACKBONES`, fp32, CPU: elsewhere PyTorch runs (bf16 / fp16 and GPUs have
 their own fast paths; other backbones are not traced here).
@@ -23,9 +25,12 @@ log = logging.getLogger(__name__)
 
 BACKBONES = ("bert",)
 BACKENDS = ("auto", "torch", "onnx")
-# Largest |difference| of last hidden states between ONNX Runtime and PyTorch accepted at start-up
-# (measured: about 5e-6 on all-MiniLM-L6-v2's real weights).
+# Largest |difference| of last hidden states between ONNX Runtime and PyTorch accepted at start-up: this, or
+# SPREAD_FACTOR times the difference between PyTorch's own eager and SDPA attention on the same weights, whichever is
+# larger (some weights are that sensitive to summation order: a random BERT 384 x 12 moves by 7e-5 between PyTorch's
+# two kernels, by 1.5e-4 under ONNX Runtime; all-MiniLM-L6-v2's real weights by about 5e-6 under ONNX Runtime).
 TOLERANCE = 1e-4
+SPREAD_FACTOR = 4.0
 
 
 class OnnxUnavailable(RuntimeError):
@@ -65,15 +70,18 @@ class OnnxBackbone:
         except ImportError as exc:  # the pinned environment has it; a bare install may not
             raise OnnxUnavailable(f"onnxruntime is not installed ({exc})") from exc
         probes = _probes(vocab_size)
-        with torch.inference_mode():
-            expected = [model(input_ids=torch.from_numpy(i), attention_mask=torch.from_numpy(a)).last_hidden_state
-                        .float().numpy() for i, a in probes]
+        attention = getattr(model.config, "_attn_implementation", None)
+        expected = self._hidden(model, probes)
+        if attention is not None and attention != "eager":
+            model.set_attn_implementation("eager")  # plain matmul-softmax-matmul, which ONNX Runtime fuses
+            # How far PyTorch's own two attention kernels disagree on these weights: the yardstick for ours.
+            spread = max(self._difference(a, b, att) for a, b, (_, att) in zip(self._hidden(model, probes), expected, probes))
+        else:
+            spread = 0.0
+        self.tolerance = max(TOLERANCE, SPREAD_FACTOR * spread)
         buffer = io.BytesIO()
         example = tuple(torch.from_numpy(x) for x in probes[0])
-        attention = getattr(model.config, "_attn_implementation", None)
         try:
-            if attention is not None:
-                model.set_attn_implementation("eager")  # plain matmul-softmax-matmul, which ONNX Runtime fuses
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python branches
                 torch.onnx.export(
@@ -84,9 +92,6 @@ class OnnxBackbone:
                 )
         except Exception as exc:  # noqa: BLE001 - any exporter failure means: run PyTorch
             raise OnnxUnavailable(f"export failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            if attention is not None:
-                model.set_attn_implementation(attention)  # PyTorch keeps its own kernel if we fall back
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
@@ -97,11 +102,16 @@ class OnnxBackbone:
         # these cores, and spinning workers took their time (measured in the server: ~25 % fewer tokens/s).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-        worst = max(self._difference(got, want, att) for (ids, att), want in zip(probes, expected)
-                    for got in [self.run(ids, att)])
-        if not worst <= TOLERANCE:
-            raise OnnxUnavailable(f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {TOLERANCE:.0e})")
+        worst = max(self._difference(self.run(ids, att), want, att) for (ids, att), want in zip(probes, expected))
+        if not worst <= self.tolerance:
+            raise OnnxUnavailable(f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {self.tolerance:.1e})")
         self.max_difference = worst
+
+    @staticmethod
+    def _hidden(model: torch.nn.Module, probes) -> list[np.ndarray]:
+        with torch.inference_mode():
+            return [model(input_ids=torch.from_numpy(i), attention_mask=torch.from_numpy(a)).last_hidden_state
+                    .float().numpy() for i, a in probes]
 
     @staticmethod
     def _difference(got: np.ndarray, want: np.ndarray, attention: np.ndarray) -> float:

@@ -60,7 +60,8 @@ class EncoderModel(StageModel):
         device = f"cuda:{self.device_id}" if self.instance_kind == "GPU" else "cpu"
         self.encoder = load_encoder(self.info, device=device, dtype=self.params.get("dtype", "auto"))
         backend = self.encoder.use_backend(self.params.get("backend", "auto") or "auto")
-        self.log.log_info(f"{self.model_name}: backbone on {backend}")
+        why = f" (ONNX Runtime not used: {self.encoder.backend_reason})" if self.encoder.backend_reason else ""
+        self.log.log_info(f"{self.model_name}: backbone on {backend}{why}")
         self.encoder.max_batch_tokens = int(self.params.get("max_batch_tokens", "16384"))
         self._trimmed_at = 0.0
         for name in ("max_rows", "pass_cost_tokens"):
