@@ -247,8 +247,12 @@ class Encoder:
     def forward_pack(self, ids: torch.Tensor, attention: torch.Tensor, rows: Sequence[Features]) -> torch.Tensor:
         """One pack's last hidden states (rows, width, H) fp32; ``rows`` are the pack's items in row order (the
         image families read their pixel features from them)."""
-        if self.onnx is not None:
-            return self.onnx(ids, attention)
+        if self.onnx is not None:  # live tokens only (onnx_backbone): each row's length from its item
+            if len(rows) == ids.shape[0]:
+                lengths = [item_length(r["attention_mask"], r["output_mask"]) for r in rows]
+            else:  # no items: the attention mask says where each row ends
+                lengths = [item_length(a, np.zeros_like(a, dtype=bool)) for a in attention.numpy()]
+            return self.onnx(ids, attention, lengths)
         return self.backbone(input_ids=ids, attention_mask=attention).last_hidden_state.float()
 
     def head_keys(self) -> tuple[str, ...]:
