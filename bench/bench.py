@@ -18,7 +18,8 @@ It measures, in this order, and writes ``<out>/<date>-<host>.md``, ``.json`` and
 Tokens are counted once, with each model's tokenizer, truncated as the model truncates: tokens/s is the
 same amount of work divided by each side's wall time.  Ratios within one run are what mean anything on a
 shared machine; the absolute numbers move with its load.  Not measured here (left for later):
-FlagEmbedding / BGE-M3-large, a GTE-ModernColBERT-size model, fastembed / ONNX Runtime.
+FlagEmbedding / BGE-M3-large, a GTE-ModernColBERT-size model, fastembed (trilate's own BERT encoders run on ONNX
+Runtime by default: ``python_backend_models/families/onnx_backbone.py``; the result names each encoder's runtime).
 """
 
 from __future__ import annotations
