@@ -292,6 +292,49 @@ def trilate_runs(models: dict, docs: dict, tokens: dict, served, args) -> tuple[
     return runs, rerank
 
 
+def vectors_of(key: str, m: dict, served, docs: list[str], per_req: int) -> list[np.ndarray]:
+    """Every document's vectors through the client library (gRPC): one (dim,) or (tokens, dim) array each."""
+    embed, _ = trilate_calls(key, m, served, "grpc")
+    out = []
+    for i in range(0, len(docs), per_req):
+        answer = embed(docs[i:i + per_req])
+        out += [np.atleast_2d(np.asarray(v, dtype=np.float32)) for v in
+                (list(answer.matrix()) if hasattr(answer, "matrix") else answer)]
+    return out
+
+
+def cosines(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+    """Row-wise cosine of every vector (each token's, for per-token outputs) of ``a`` with ``b``'s."""
+    x, y = np.concatenate(a).astype(np.float64), np.concatenate(b).astype(np.float64)
+    return (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+
+
+def low_precision_runs(models: dict, docs: dict, tokens: dict, serve_args: list[str], reference: dict, args) -> dict:
+    """The opt-in ``--dtype bfloat16`` (CPU) or ``float16`` (GPU): gRPC tokens/s at the ceiling column's
+    concurrency, and the cosine of every vector to the float32 server's."""
+    from trilate.launch import ServeProcess
+
+    dtype = "bfloat16" if args.device == "cpu" else "float16"
+    c = 4 if 4 in args.concurrency else max(args.concurrency)
+    per_req, out = args.docs_per_request, {}
+    log(f"starting trilate serve --dtype {dtype} ...")
+    with ServeProcess([*serve_args, "--dtype", dtype]) as served:
+        for key, m in models.items():
+            texts, counts = docs[key], tokens[key]
+            requests = [texts[i:i + per_req] for i in range(0, len(texts), per_req)]
+            embed, _ = trilate_calls(key, m, served, "grpc")
+            embed(requests[0])
+            n_req = max(len(requests), 2 * c)
+            work = sum(sum(counts[(i % len(requests)) * per_req:][:per_req]) for i in range(n_req))
+            wall = min(run_concurrent(embed, requests, c, n_req) for _ in range(args.trilate_repeats))
+            cos = cosines(vectors_of(key, m, served, texts, per_req), reference[key])
+            out[key] = {"dtype": dtype, "concurrency": c, "tokens_per_s": work / wall,
+                        "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
+            log(f"trilate {key} {dtype} grpc c={c}: {work / wall:.0f} tok/s; cosine to float32 "
+                f"min {cos.min():.5f}, mean {cos.mean():.6f}")
+    return out
+
+
 # -- 4. perf_analyzer ----------------------------------------------------------------------------------
 
 def perf_analyzer_runs(models: dict, docs: dict, tokens: dict, served, args, workdir: Path) -> dict:
@@ -379,6 +422,15 @@ def markdown(result: dict) -> str:
     for key, r in result["rerank"].items():
         lines.append(f"| {key} | {result['inprocess'][key]['rerank_s']:.3f} | " + " | ".join(
             f"{r[p]:.3f}" for p in s["protocols"]) + " |")
+    low = result.get("low_precision")
+    if low:
+        lines += ["", "## Opt-in low precision (gRPC; float32 is the default)", "",
+                  "| model | dtype | concurrency | tokens/s | vs float32 trilate | cosine to float32: min | mean |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for key, r in low.items():
+            fp32 = result["trilate"][key]["grpc"][r["concurrency"]]
+            lines.append(f"| {key} | {r['dtype']} | {r['concurrency']} | {r['tokens_per_s']:.0f} | "
+                         f"{r['tokens_per_s'] / fp32:.2f}x | {r['cosine_min']:.5f} | {r['cosine_mean']:.6f} |")
     pa = result.get("perf_analyzer")
     if pa:
         lines += ["", "## perf_analyzer (gRPC, same texts)", ""]
@@ -517,6 +569,8 @@ def parse_args(argv):
                    help="runs of each concurrency, best kept (default: --repeats, the libraries' statistic too)")
     p.add_argument("--protocols", type=lambda s: s.split(","), default=["grpc", "rest"])
     p.add_argument("--perf-analyzer", default="on", choices=["on", "off"])
+    p.add_argument("--low-precision", default="on", choices=["on", "off"],
+                   help="also serve with --dtype bfloat16 (CPU) / float16 (GPU): speed and cosine to float32")
     p.add_argument("--pa-requests", type=int, default=4, help="perf_analyzer requests per measurement window")
     p.add_argument("--pa-timeout", type=int, default=120)
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
@@ -558,9 +612,12 @@ def main(argv: list[str] | None = None) -> int:
         backends = sorted({m.group(1) for line in served.lines for m in [re.search(r"(\S+__encoder: backbone on \w+)", line)] if m})
         log(f"encoders: {'; '.join(backends) or 'not reported'}")
         result["trilate"], result["rerank"] = trilate_runs(models, docs, tokens, served, args)
+        reference = {key: vectors_of(key, m, served, docs[key], args.docs_per_request) for key, m in models.items()}
         if args.perf_analyzer == "on":
             with tempfile.TemporaryDirectory() as tmp:
                 result["perf_analyzer"] = perf_analyzer_runs(models, docs, tokens, served, args, Path(tmp))
+    if args.low_precision == "on":
+        result["low_precision"] = low_precision_runs(models, docs, tokens, serve_args, reference, args)
     log("in-process libraries again (the machine's load drifts) ...")
     again = inprocess(models, docs, tokens, args, {k: r["best_batch"] for k, r in result["inprocess"].items()})
     for key, r in result["inprocess"].items():

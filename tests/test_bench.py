@@ -34,8 +34,11 @@ def test_bench_writes_its_result_files_and_the_readme_block(tmp_path):
         assert set(result["trilate"][model]) == {"grpc", "rest"}
         assert all(v > 0 for by_c in result["trilate"][model].values() for v in by_c.values())
         assert result["rerank"][model]["grpc"] > 0
+        low = result["low_precision"][model]  # the opt-in bfloat16 server, against the float32 one's vectors
+        assert low["dtype"] == "bfloat16" and low["tokens_per_s"] > 0 and 0.99 < low["cosine_min"] <= 1.0 + 1e-6
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "## Summary" in md.read_text()
+    assert "## Summary" in md.read_text() and "## Opt-in low precision" in md.read_text()
+    assert all("backbone on onnx" in line for line in result["settings"]["encoder_backends"])
     text = readme.read_text()
     assert "old" not in text and "| colbert-small |" in text and text.endswith("<!-- bench:end -->\n\ntail\n")
 
