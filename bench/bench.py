@@ -260,13 +260,18 @@ def trilate_calls(key: str, m: dict, served, protocol: str):
     return embed, lambda texts: post("/rerank", {"model": m["name"], "query": QUERY, "documents": texts})
 
 
+def split_requests(texts: list[str], counts: list[int], per_req: int) -> tuple[list[list[str]], list[int]]:
+    """The documents in requests of ``per_req``, and each request's tokens."""
+    starts = range(0, len(texts), per_req)
+    return [texts[i:i + per_req] for i in starts], [sum(counts[i:i + per_req]) for i in starts]
+
+
 def trilate_runs(models: dict, docs: dict, tokens: dict, served, args) -> tuple[dict, dict]:
     per_req = args.docs_per_request
     runs, rerank = {}, {}
     for key, m in models.items():
-        texts, counts = docs[key], tokens[key]
-        requests = [texts[i:i + per_req] for i in range(0, len(texts), per_req)]
-        req_tokens = [sum(counts[i:i + per_req]) for i in range(0, len(texts), per_req)]
+        texts = docs[key]
+        requests, req_tokens = split_requests(texts, tokens[key], per_req)
         runs[key], rerank[key] = {}, {}
         n = args.rerank_docs
         rerank_docs = (texts * (n // len(texts) + 1))[:n]
@@ -315,19 +320,18 @@ def low_precision_runs(models: dict, docs: dict, tokens: dict, serve_args: list[
     from trilate.launch import ServeProcess
 
     dtype = "bfloat16" if args.device == "cpu" else "float16"
-    c = 4 if 4 in args.concurrency else max(args.concurrency)
+    c = _ceiling_c({"concurrency": args.concurrency})
     per_req, out = args.docs_per_request, {}
     log(f"starting trilate serve --dtype {dtype} ...")
     with ServeProcess([*serve_args, "--dtype", dtype]) as served:
         for key, m in models.items():
-            texts, counts = docs[key], tokens[key]
-            requests = [texts[i:i + per_req] for i in range(0, len(texts), per_req)]
+            requests, req_tokens = split_requests(docs[key], tokens[key], per_req)
             embed, _ = trilate_calls(key, m, served, "grpc")
             embed(requests[0])
             n_req = max(len(requests), 2 * c)
-            work = sum(sum(counts[(i % len(requests)) * per_req:][:per_req]) for i in range(n_req))
+            work = sum(req_tokens[i % len(requests)] for i in range(n_req))
             wall = min(run_concurrent(embed, requests, c, n_req) for _ in range(args.trilate_repeats))
-            cos = cosines(vectors_of(key, m, served, texts, per_req), reference[key])
+            cos = cosines(vectors_of(key, m, served, docs[key], per_req), reference[key])
             out[key] = {"dtype": dtype, "concurrency": c, "tokens_per_s": work / wall,
                         "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
             log(f"trilate {key} {dtype} grpc c={c}: {work / wall:.0f} tok/s; cosine to float32 "
@@ -467,7 +471,8 @@ def summary_table(result: dict) -> str:
 
 
 def _ceiling_c(s: dict) -> int:
-    """The concurrency the ceiling column reports: 4 (the issue's target) when measured, else the largest."""
+    """The concurrency the ceiling column (and the low-precision server) reports: 4 (the issue's target) when
+    measured, else the largest."""
     return 4 if 4 in s["concurrency"] else max(s["concurrency"])
 
 

@@ -67,7 +67,7 @@ def test_a_failed_start_up_check_keeps_pytorch_under_auto_and_fails_under_onnx(s
     ids = torch.from_numpy(np.random.default_rng(2).integers(1, encoder.vocab_size, size=(3, 11)))
     att = torch.ones_like(ids)
     with torch.inference_mode():
-        assert torch.equal(encoder.forward_pack(ids, att, []), reference.forward_pack(ids, att, []))
+        assert torch.equal(encoder.forward_pack(ids, att, [], [11] * 3), reference.forward_pack(ids, att, [], [11] * 3))
     with pytest.raises(onnx_backbone.OnnxUnavailable, match="differs from PyTorch"):
         _encoder(stanford_colbert).use_backend("onnx")
 
@@ -81,9 +81,10 @@ def test_the_exported_graph_follows_every_shape_as_pytorch_does(stanford_colbert
         ids = torch.from_numpy(rng.integers(1, ours.vocab_size, size=(rows, width)))
         att = torch.ones(rows, width, dtype=torch.int64)
         att[0, width // 2 + 1:] = 0
+        lengths = [width // 2 + 1] + [width] * (rows - 1)
         with torch.inference_mode():
-            want = reference.forward_pack(ids, att, [])
-        got = ours.forward_pack(ids, att, [])
+            want = reference.forward_pack(ids, att, [], lengths)
+        got = ours.forward_pack(ids, att, [], lengths)
         live = att.bool()
         assert got.dtype == torch.float32 and got.shape == want.shape
         assert float((got[live] - want[live]).abs().max()) <= 1e-5

@@ -183,7 +183,6 @@ class Encoder:
     # GPU's), and holds at most this many rows.
     max_rows = 64
     onnx = None  # an OnnxBackbone once use_backend("auto" | "onnx") has put one in the backbone's place
-    backend = "torch"
     backend_reason = None  # why ``auto`` kept PyTorch where ONNX Runtime was wanted
 
     def __init__(self, info: ModelInfo, device: str = "cpu", dtype: str = "auto", max_batch_tokens: int = 16384):
@@ -216,8 +215,12 @@ class Encoder:
             self.backbone = build_backbone(self.info, self.device, self.dtype, skip=self.head_keys())
             return self.backend
         self.backbone = None  # the weights now live in ONNX Runtime's session only
-        self.backend = "onnx"
         return self.backend
+
+    @property
+    def backend(self) -> str:
+        """What runs the backbone: ``onnx`` once :meth:`use_backend` installed ONNX Runtime, else ``torch``."""
+        return "torch" if self.onnx is None else "onnx"
 
     def check(self, input_ids: np.ndarray, attention: np.ndarray, output: np.ndarray) -> None:
         """Refuse one request's rows that would break the shared forward pass (its own error only)."""
@@ -244,14 +247,12 @@ class Encoder:
         cross = self.info.cross_encoder
         self.encode([item], want_tokens=not cross, want_pooled=self.info.pooled or cross, want_sparse=self.info.sparse)
 
-    def forward_pack(self, ids: torch.Tensor, attention: torch.Tensor, rows: Sequence[Features]) -> torch.Tensor:
+    def forward_pack(self, ids: torch.Tensor, attention: torch.Tensor, rows: Sequence[Features],
+                     lengths: Sequence[int]) -> torch.Tensor:
         """One pack's last hidden states (rows, width, H) fp32; ``rows`` are the pack's items in row order (the
-        image families read their pixel features from them)."""
-        if self.onnx is not None:  # live tokens only (onnx_backbone): each row's length from its item
-            if len(rows) == ids.shape[0]:
-                lengths = [item_length(r["attention_mask"], r["output_mask"]) for r in rows]
-            else:  # no items: the attention mask says where each row ends
-                lengths = [item_length(a, np.zeros_like(a, dtype=bool)) for a in attention.numpy()]
+        image families read their pixel features from them), ``lengths`` their live lengths (ONNX Runtime runs
+        those tokens only)."""
+        if self.onnx is not None:
             return self.onnx(ids, attention, lengths)
         return self.backbone(input_ids=ids, attention_mask=attention).last_hidden_state.float()
 
@@ -312,7 +313,7 @@ class Encoder:
                 out[row, :n] = items[i]["output_mask"][:n]
             ids_t = torch.from_numpy(ids).to(self.device)
             att_t = torch.from_numpy(att).to(self.device)
-            hidden = self.forward_pack(ids_t, att_t, [items[i] for i in rows])
+            hidden = self.forward_pack(ids_t, att_t, [items[i] for i in rows], [lengths[i] for i in rows])
             self.forward_passes += 1
             inputs = PackInputs(
                 hidden=hidden, ids=ids_t, attention=att_t, output=out, lengths=[lengths[i] for i in rows],

@@ -4,9 +4,10 @@ start-up into a graph that runs on the live tokens only, held in memory (no file
 Why: a pack of texts of mixed lengths is padded to its longest; :class:`_PackedBert` instead runs the
 embeddings, every projection and the feed-forward layers on the ``(N, H)`` matrix of a pack's N real tokens
 (one large matrix product a layer, no padding) and pads only the per-row attention scores.  ONNX Runtime fuses
-the rest (layer norms, GELU, biases).  Measured on this 2-core CPU, the bench's texts in the server's packs,
-tokens/s of the backbone alone: all-MiniLM-L6-v2 PyTorch 5,560, ONNX Runtime on padded packs about 5,500,
-this graph 6,660-6,930; a BERT 384 x 12 2,580-2,790, 2,930-3,240 and 3,290-3,440.
+the rest (layer norms, GELU, biases).  Measured on this 2-core CPU, the bench's texts in the packs the server
+makes of 8 or 32 texts, tokens/s of the backbone alone (two runs each): all-MiniLM-L6-v2 PyTorch 5,560-6,000,
+ONNX Runtime on padded packs 5,400-6,800, this graph 6,380-6,930; a BERT 384 x 12 2,040-2,800, 2,930-3,240
+and 3,280-3,440.
 
 The graph is the same arithmetic as BERT's eager attention in another summation order.  The start-up check
 compares it with the PyTorch backbone on padded and unpadded probes and keeps PyTorch (with a warning) when
@@ -155,7 +156,7 @@ class OnnxBackbone:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         # Workers sleep between runs instead of spinning: the tokeniser stage, Triton and the front end share
-        # these cores, and spinning workers took their time (measured in the server: ~25 % fewer tokens/s).
+        # these cores, and spinning workers took their time (measured in the server: 15-25 % fewer tokens/s).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
         worst = max(self._difference(self.run(ids, att, _lengths(att)), want, att)

@@ -60,7 +60,7 @@ class VisionEncoder(Encoder):
         sizes = np.concatenate([f[C.IMAGE_SIZES] for f in with_images])
         return torch.from_numpy(pixels).to(self.device, self.dtype), torch.from_numpy(sizes).to(self.device)
 
-    def forward_pack(self, ids, attention, rows):
+    def forward_pack(self, ids, attention, rows, lengths):
         pixels, sizes = self.pixels(rows)
         return self.run(ids, attention, pixels, sizes).float()
 
