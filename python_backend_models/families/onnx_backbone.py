@@ -156,7 +156,7 @@ class OnnxBackbone:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         # Workers sleep between runs instead of spinning: the tokeniser stage, Triton and the front end share
-        # these cores, and spinning workers took their time (measured in the server: 15-25 % fewer tokens/s).
+        # these cores, and spinning workers took their time (measured in the server: 12-24 % fewer tokens/s).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
         worst = max(self._difference(self.run(ids, att, _lengths(att)), want, att)
