@@ -36,10 +36,21 @@ def test_bench_writes_its_result_files_and_the_readme_block(tmp_path):
         assert result["rerank"][model]["grpc"] > 0
         low = result["low_precision"][model]  # the opt-in bfloat16 server, against the float32 one's vectors
         assert low["dtype"] == "bfloat16" and low["tokens_per_s"] > 0 and 0.99 < low["cosine_min"] <= 1.0 + 1e-6
+    # Every library on the same weights: fastembed on an ONNX export of the small models, sentence-transformers'
+    # MultiVectorEncoder on the GTE-ModernColBERT layout, FlagEmbedding on BGE-M3's; the ratio's reference is the best.
+    libraries = {key: set(r["libraries"]) for key, r in result["inprocess"].items()}
+    assert {lib.split()[0] for lib in libraries["minilm"]} == {"sentence-transformers", "fastembed"}
+    assert {lib.split()[0] for lib in libraries["colbert-small"]} == {"sentence-transformers", "fastembed"}
+    assert libraries["moderncolbert"] == {"sentence-transformers MultiVectorEncoder.encode_document"}
+    assert libraries["bge-m3"] == {"FlagEmbedding BGEM3FlagModel.encode (dense)"}
+    for key, r in result["inprocess"].items():
+        assert r["tokens_per_s_first"] == max(lib["tokens_per_s"] for lib in r["libraries"].values())
+    for key in ("moderncolbert", "bge-m3"):  # the large models: their own concurrencies, no rerank
+        assert set(result["trilate"][key]["grpc"]) == {"1", "4"} and result["rerank"][key] == {}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Summary" in md.read_text() and "## Opt-in low precision" in md.read_text()
     backends = result["settings"]["encoder_backends"]  # each encoder's runtime, as trilate serve printed it
-    assert len(backends) == 2 and all(line.endswith("backbone on onnx") for line in backends)
+    assert sorted(line.rsplit(" ", 1)[1] for line in backends) == ["onnx", "onnx", "torch", "torch"]  # BERT on ONNX
     text = readme.read_text()
     assert "old" not in text and "| colbert-small |" in text and text.endswith("<!-- bench:end -->\n\ntail\n")
 

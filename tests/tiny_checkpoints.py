@@ -540,10 +540,12 @@ def _minilm_words() -> list[str]:
 
 
 def _modernbert_config_json(
-    *, vocab_size: int, num_hidden_layers: int, global_attn_every_n_layers: int, local_attention: int
+    *, vocab_size: int, num_hidden_layers: int, global_attn_every_n_layers: int, local_attention: int,
+    hidden: int = HIDDEN, heads: int = 2, intermediate: int = 64,
 ) -> dict:
     """``config.json`` with the key set of GTE-ModernColBERT-v1 (``ModernBertModel`` saved by transformers
-    4.48; the same keys as lightonai's Reason-ModernColBERT fine-tune of it), tiny sizes, MiniLM special ids."""
+    4.48; the same keys as lightonai's Reason-ModernColBERT fine-tune of it), tiny sizes unless given, MiniLM
+    special ids."""
     return {
         "_name_or_path": "tiny-gte-moderncolbert",
         "architectures": ["ModernBertModel"],
@@ -563,10 +565,10 @@ def _modernbert_config_json(
         "global_rope_theta": 160000.0,
         "gradient_checkpointing": False,
         "hidden_activation": "gelu",
-        "hidden_size": HIDDEN,
+        "hidden_size": hidden,
         "initializer_cutoff_factor": 2.0,
         "initializer_range": INIT_STD,
-        "intermediate_size": 64,
+        "intermediate_size": intermediate,
         "layer_norm_eps": 1e-05,
         "local_attention": local_attention,
         "local_rope_theta": 10000.0,
@@ -576,7 +578,7 @@ def _modernbert_config_json(
         "model_type": "modernbert",
         "norm_bias": False,
         "norm_eps": 1e-05,
-        "num_attention_heads": 2,
+        "num_attention_heads": heads,
         "num_hidden_layers": num_hidden_layers,
         "pad_token_id": 0,
         "position_embedding_type": "absolute",
@@ -606,8 +608,12 @@ def write_modernbert_colbert(
     num_hidden_layers: int = 2,
     global_attn_every_n_layers: int = 3,
     local_attention: int = 64,
+    sizes: dict[str, int] | None = None,
 ) -> Path:
     """Write a tiny checkpoint in the layout of ``lightonai/GTE-ModernColBERT-v1``; return ``path``.
+
+    ``sizes`` (``hidden``, ``heads``, ``intermediate``) replaces the tiny hidden sizes: the benchmark writes the
+    real model's (768, 12, 1152 with ``num_hidden_layers=22``, ``local_attention=128``, ``dim=128``).
 
     Real repository (Hugging Face file listing ``https://huggingface.co/lightonai/GTE-ModernColBERT-v1/tree/main``,
     seen with the search tool): ``1_Dense/``, ``config.json`` (1.37 kB), ``config_sentence_transformers.json``
@@ -674,6 +680,7 @@ def write_modernbert_colbert(
         num_hidden_layers=num_hidden_layers,
         global_attn_every_n_layers=global_attn_every_n_layers,
         local_attention=local_attention,
+        **(sizes or {}),
     )
     _write_json(path / "config.json", config_json)
     config = ModernBertConfig.from_pretrained(str(path))
@@ -682,7 +689,7 @@ def write_modernbert_colbert(
 
     _write_pylate_module_files(
         path,
-        hidden=HIDDEN,
+        hidden=config_json["hidden_size"],
         dim=dim,
         seed=seed,
         query_prefix=query_prefix,
@@ -1358,7 +1365,8 @@ __all__ += ["write_bge_m3"]
 M3_INIT_STD = 0.5  # oracles.md 2.4: with 0.02 every dense vector is alike (cosine ~0.99999)
 
 
-def write_bge_m3(path, *, colbert_dim: int = 16, seed: int = 5, sparse_bias: float = 1.0) -> Path:
+def write_bge_m3(path, *, colbert_dim: int = 16, seed: int = 5, sparse_bias: float = 1.0,
+                 sizes: dict[str, int] | None = None) -> Path:
     """The BAAI/bge-m3 layout: ``config.json`` (``XLMRobertaModel``, model_type ``xlm-roberta``,
     8194 positions), the backbone's ``model.safetensors`` (keys without prefix), the XLM-R tokenizer
     files, the sentence-transformers files (CLS pooling, Normalize), and the two heads FlagEmbedding
@@ -1368,16 +1376,23 @@ def write_bge_m3(path, *, colbert_dim: int = 16, seed: int = 5, sparse_bias: flo
     As oracles.md section 2.4 advises, transformers' init runs with ``initializer_range=0.5`` and the sparse
     bias is positive, so dense vectors differ, lexical weights are mostly non-zero and every score is
     informative.
+
+    ``sizes`` (``hidden``, ``layers``, ``heads``, ``intermediate``) replaces the tiny sizes: the benchmark writes
+    XLM-R large's (1024, 24, 16, 4096 with ``colbert_dim=1024``); the vocabulary stays the fixture's.
     """
     from safetensors.torch import save_file
     from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    sizes = {"hidden": HIDDEN, "layers": 2, "heads": 2, "intermediate": 64, **(sizes or {})}
+    hidden = sizes["hidden"]
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     vocab_size = _jina_tokenizer_files(path, model_max_length=8192, markers=())  # bge-m3 has no ColBERT markers
 
     config = XLMRobertaConfig(
-        vocab_size=vocab_size, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=sizes["layers"], num_attention_heads=sizes["heads"],
+        intermediate_size=sizes["intermediate"],
         max_position_embeddings=8194, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
         layer_norm_eps=1e-5, initializer_range=M3_INIT_STD,
     )
@@ -1391,9 +1406,9 @@ def write_bge_m3(path, *, colbert_dim: int = 16, seed: int = 5, sparse_bias: flo
     _write_json(path / "config.json", cfg)
 
     generator = torch.Generator().manual_seed(seed + 1000)
-    torch.save({"weight": INIT_STD * torch.randn(colbert_dim, HIDDEN, generator=generator),
+    torch.save({"weight": INIT_STD * torch.randn(colbert_dim, hidden, generator=generator),
                 "bias": 0.05 * torch.randn(colbert_dim, generator=generator)}, path / "colbert_linear.pt")
-    torch.save({"weight": INIT_STD * torch.randn(1, HIDDEN, generator=generator),
+    torch.save({"weight": INIT_STD * torch.randn(1, hidden, generator=generator),
                 "bias": torch.tensor([sparse_bias])}, path / "sparse_linear.pt")
 
     _write_json(path / "modules.json", [
@@ -1403,7 +1418,7 @@ def write_bge_m3(path, *, colbert_dim: int = 16, seed: int = 5, sparse_bias: flo
     ])
     (path / "1_Pooling").mkdir(exist_ok=True)
     _write_json(path / "1_Pooling" / "config.json", {
-        "word_embedding_dimension": HIDDEN, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False,
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False,
         "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
     })
     _write_json(path / "sentence_bert_config.json", {"max_seq_length": 8192, "do_lower_case": False})
