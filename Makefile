@@ -32,7 +32,7 @@ test: $(STAMP) chromium
 repo: $(STAMP)
 	$(BIN)/trilate build-repo $(MODEL) --output model_repository
 
-# trilate against the in-process libraries, perf_analyzer included (starts its own server, ~8 min on 2 cores):
+# trilate against the in-process libraries, perf_analyzer included (starts its own server, ~18 min on 2 cores):
 # writes bench/results/<date>-<host>.{md,json,png} and the README's performance table.
 bench: $(STAMP) perf-analyzer
 	$(BIN)/python bench/bench.py --readme README.md $(BENCH_ARGS)
