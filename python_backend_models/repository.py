@@ -49,8 +49,11 @@ class BuildOptions:
     max_batch_tokens: int = 16384
     max_queue_delay_us: int = 0
     encoder_threads: int = 0  # torch threads per encoder instance; 0 = every core
-    encoder_backend: str = "auto"  # auto | torch | onnx (families.onnx_backbone)
+    encoder_backend: str = "auto"  # one of ENCODER_BACKENDS (families.onnx_backbone)
 
+
+# What runs an encoder's text backbone (``trilate serve --encoder-backend``; families.onnx_backbone.wants_onnx).
+ENCODER_BACKENDS = ("auto", "torch", "onnx")
 
 SHIM = "from python_backend_models.triton.{module} import {cls} as TritonPythonModel  # noqa: F401\n"
 

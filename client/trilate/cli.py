@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from python_backend_models.checkpoint import DEFAULT_MODEL
+from python_backend_models.repository import ENCODER_BACKENDS
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +45,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="encoder processes per model (each loads the weights)")
     parser.add_argument("--encoder-threads", type=int, default=0,
                         help="torch threads of each encoder instance (0: every core); the other stages use one")
-    parser.add_argument("--encoder-backend", default="auto", choices=["auto", "torch", "onnx"],
+    parser.add_argument("--encoder-backend", default="auto", choices=ENCODER_BACKENDS,
                         help="what runs the text backbone: auto = ONNX Runtime for BERT backbones in float32 on CPU "
                              "(faster there; PyTorch if its start-up check fails), PyTorch otherwise")
 

@@ -29,14 +29,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..repository import ENCODER_BACKENDS as BACKENDS
+
 log = logging.getLogger(__name__)
 
 BACKBONES = ("bert",)
-BACKENDS = ("auto", "torch", "onnx")
 # Largest |difference| of last hidden states between ONNX Runtime and PyTorch accepted at start-up: this, or
 # SPREAD_FACTOR times the difference between PyTorch's own eager and SDPA attention on the same weights, whichever is
 # larger (some weights are that sensitive to summation order: a random BERT 384 x 12 moves by 7e-5 between PyTorch's
-# two kernels, by 1.5e-4 under ONNX Runtime; all-MiniLM-L6-v2's real weights by about 5e-6 under ONNX Runtime).
+# two kernels, by 1.5e-4 under ONNX Runtime; all-MiniLM-L6-v2's real weights by 4e-6 under ONNX Runtime).
 TOLERANCE = 1e-4
 SPREAD_FACTOR = 4.0
 
