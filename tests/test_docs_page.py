@@ -85,7 +85,7 @@ CHROMIUM_FLAGS = [
     "--disable-client-side-phishing-detection", "--window-size=1280,1800",
     # Every host name but the loopback one fails to resolve, as in an air-gapped cluster.
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    "--virtual-time-budget=20000", "--disable-extensions", "--disable-features=NetworkTimeServiceQuerying",
+    "--virtual-time-budget=20000", "--disable-extensions", "--disable-features=NetworkTimeServiceQuerying,OptimizationHintsFetching,OptimizationGuideModelDownloading",
 ]
 
 
@@ -113,9 +113,11 @@ def run_chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180)
 
 
-# Chromium's own background services (component updater, Google sign-in, network time), asked for by
-# the browser itself whatever the page; here they fail to resolve like every other outside name.
-BROWSER_SERVICES = {"update.googleapis.com", "accounts.google.com", "clients2.google.com"}
+# Chromium's own background services (component updater, Google sign-in, network time, the optimization guide:
+# its hints fetch came once in a fresh clone's run, seconds into the browser's life, whatever the page), asked for
+# by the browser itself; here they fail to resolve like every other outside name.
+BROWSER_SERVICES = {"update.googleapis.com", "accounts.google.com", "clients2.google.com",
+                    "optimizationguide-pa.googleapis.com"}
 LOOPBACK = {"127.0.0.1", "localhost"}
 
 
